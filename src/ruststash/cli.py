@@ -1,0 +1,243 @@
+"""The command line. The only module that reads the process environment (through click's envvar support)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import click
+import platformdirs
+
+from . import __version__, ca
+from .errors import RuststashError
+from .settings import (
+    DEFAULT_ADMIN_LISTEN,
+    DEFAULT_LISTEN,
+    HostPort,
+    Settings,
+    build_cache_hosts,
+    build_upstreams,
+    parse_host_port,
+)
+
+FC = TypeVar("FC", bound=Callable[..., object])
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def default_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("ruststash"))
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("ruststash"))
+
+
+def _listen_option(
+    default: str, name: str = "--listen", envvar: str = "RUSTSTASH_LISTEN", what: str = "proxy"
+) -> Callable[[FC], FC]:
+    return click.option(
+        name,
+        envvar=envvar,
+        show_envvar=True,
+        default=default,
+        show_default=True,
+        metavar="HOST:PORT",
+        help=f"Address the {what} listens on.",
+    )
+
+
+data_dir_option = click.option(
+    "--data-dir",
+    envvar="RUSTSTASH_DATA_DIR",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_data_dir,
+    show_default="the user data directory",
+    help="Where the CA and the client trust bundle live.",
+)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="ruststash")
+def main() -> None:
+    """ruststash: a caching proxy for cargo and rustup.
+
+    Start it with `ruststash serve`, then `eval "$(ruststash env)"` in the shell that runs cargo or rustup.
+    """
+
+
+@main.command(context_settings=CONTEXT)
+@_listen_option(DEFAULT_LISTEN)
+@_listen_option(DEFAULT_ADMIN_LISTEN, "--admin-listen", "RUSTSTASH_ADMIN_LISTEN", "admin server (/healthz)")
+@click.option(
+    "--cache-dir",
+    envvar="RUSTSTASH_CACHE_DIR",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_cache_dir,
+    show_default="the user cache directory",
+    help="Where cached bodies and their index are stored.",
+)
+@data_dir_option
+@click.option(
+    "--cache-host",
+    "cache_hosts",
+    multiple=True,
+    envvar="RUSTSTASH_CACHE_HOST",
+    show_envvar=True,
+    metavar="HOST[:PORT]",
+    help="Intercept and cache this host too (repeatable; the environment variable takes a space-separated "
+    "list). Always cached: index.crates.io, static.crates.io, crates.io, static.rust-lang.org.",
+)
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    envvar="RUSTSTASH_UPSTREAM",
+    show_envvar=True,
+    metavar="HOST=URL[,URL...]",
+    help="Fetch what clients ask of HOST from these origins instead, keeping the path (a URL's path is put "
+    "in front). Repeatable; the environment variable takes a space-separated list.",
+)
+@click.option(
+    "--upstream-ca",
+    envvar="RUSTSTASH_UPSTREAM_CA",
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also trust this CA (PEM) for upstream TLS, on top of the system roots.",
+)
+@click.option(
+    "--log-level",
+    envvar="RUSTSTASH_LOG_LEVEL",
+    show_envvar=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="info logs one line per request.",
+)
+def serve(
+    listen: str,
+    admin_listen: str,
+    cache_dir: Path,
+    data_dir: Path,
+    cache_hosts: tuple[str, ...],
+    upstreams: tuple[str, ...],
+    upstream_ca: Path | None,
+    log_level: str,
+) -> None:
+    """Run the caching proxy."""
+    from .proxy import serve as run_proxy  # mitmproxy's import cost is paid only by `serve`
+
+    _setup_logging(log_level)
+    with _clear_errors():
+        settings = Settings(
+            listen=parse_host_port(listen, "--listen"),
+            admin_listen=parse_host_port(admin_listen, "--admin-listen"),
+            cache_dir=cache_dir.expanduser().absolute(),
+            data_dir=data_dir.expanduser().absolute(),
+            cache_hosts=build_cache_hosts(cache_hosts),
+            upstreams=build_upstreams(upstreams),
+            upstream_ca=upstream_ca.expanduser().absolute() if upstream_ca else None,
+        )
+        asyncio.run(run_proxy(settings))
+
+
+@main.command(context_settings=CONTEXT)
+@_listen_option(DEFAULT_LISTEN)
+@data_dir_option
+@click.option(
+    "--shell",
+    type=click.Choice(["sh", "fish", "powershell"]),
+    default="sh",
+    show_default=True,
+    help="Syntax of the output.",
+)
+def env(listen: str, data_dir: Path, shell: str) -> None:
+    """Print what a client shell needs: eval "$(ruststash env)".
+
+    Sets HTTPS_PROXY, and SSL_CERT_FILE and CARGO_HTTP_CAINFO to a bundle holding the system's roots plus
+    ruststash's CA (which this command creates if needed).
+    """
+    with _clear_errors():
+        proxy = parse_host_port(listen, "--listen")
+        bundle = ca.write_client_bundle(data_dir.expanduser().absolute())
+        click.echo(render_env(client_env(proxy, bundle), shell), nl=False)
+
+
+def client_env(proxy: HostPort, bundle: Path) -> dict[str, str]:
+    url = proxy.client_url()
+    # cargo and rustup both honour HTTPS_PROXY / https_proxy; neither honours http_proxy alone for HTTPS.
+    return {
+        "HTTPS_PROXY": url,
+        "https_proxy": url,
+        "SSL_CERT_FILE": str(bundle),
+        "CARGO_HTTP_CAINFO": str(bundle),
+    }
+
+
+def render_env(variables: dict[str, str], shell: str) -> str:
+    lines = []
+    for name, value in variables.items():
+        if shell == "fish":
+            lines.append(f"set -gx {name} {shlex.quote(value)};")
+        elif shell == "powershell":
+            lines.append(f"$env:{name} = '{value.replace(chr(39), chr(39) * 2)}'")
+        else:
+            lines.append(f"export {name}={shlex.quote(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@main.group(context_settings=CONTEXT)
+def ca_group() -> None:
+    """The local certificate authority clients must trust."""
+
+
+main.add_command(ca_group, "ca")
+
+
+@ca_group.command("path", context_settings=CONTEXT)
+@data_dir_option
+def ca_path(data_dir: Path) -> None:
+    """Print the path of the CA certificate (creating the CA if needed)."""
+    with _clear_errors():
+        click.echo(str(ca.ensure_ca(data_dir.expanduser().absolute()).cert))
+
+
+@ca_group.command("install", context_settings=CONTEXT)
+@data_dir_option
+def ca_install(data_dir: Path) -> None:
+    """Add the CA to the system trust store (run as root)."""
+    with _clear_errors():
+        target = ca.install_system_ca(data_dir.expanduser().absolute())
+        click.echo(f"installed {target}")
+
+
+class _clear_errors:
+    """Our errors become one line on stderr and exit code 2, never a traceback."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> Literal[False]:
+        if isinstance(exc, RuststashError):
+            click.echo(f"ruststash: error: {exc}", err=True)
+            sys.exit(2)
+        if isinstance(exc, KeyboardInterrupt):
+            sys.exit(130)
+        return False
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("mitmproxy", "aiohttp.access", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -1,0 +1,116 @@
+"""Start everything in one process on one event loop: mitmproxy (trimmed to what a forward proxy needs),
+our addon, the upstream client and the admin server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator
+
+from mitmproxy import options
+from mitmproxy.addons import block, core, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+from mitmproxy.utils import asyncio_utils
+
+from . import __version__, ca
+from .addon import RuststashAddon
+from .admin import start_admin
+from .errors import StartupError
+from .service import CacheService
+from .settings import HostPort, Settings
+from .store import Store
+from .upstream import Upstream, UpstreamMap, make_ssl_context
+
+logger = logging.getLogger(__name__)
+
+
+def check_port_free(listen: HostPort, flag: str) -> None:
+    """Fail early with a clear message when a listen address is taken (mitmproxy only logs it)."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((listen.host, listen.port))
+        except OSError as exc:
+            what = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise StartupError(f"cannot listen on {listen} ({flag}): {what}") from exc
+
+
+def mitmproxy_options(settings: Settings) -> dict[str, object]:
+    opts: dict[str, object] = {
+        "mode": ["regular"],
+        "listen_host": settings.listen.host,
+        "listen_port": settings.listen.port,
+        "confdir": str(settings.data_dir),
+        # lazy: a CONNECT to an unreachable upstream must not fail before our hook can serve from cache
+        "connection_strategy": "lazy",
+        "upstream_cert": False,
+        "allow_hosts": [h.allow_pattern() for h in settings.cache_hosts],
+        # PASS traffic on intercepted hosts is forwarded by mitmproxy: never hold a large body whole
+        "stream_large_bodies": "1m",
+    }
+    if settings.upstream_ca is not None:
+        opts["ssl_verify_upstream_trusted_ca"] = str(ca.write_upstream_bundle(settings.data_dir, settings.upstream_ca))
+    return opts
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings) -> AsyncIterator[tuple[CacheService, UpstreamMap]]:
+    store = await asyncio.to_thread(Store, settings.cache_dir)
+    upstream_map = UpstreamMap(settings.upstreams)
+    upstream = Upstream(upstream_map, make_ssl_context(settings.upstream_ca), f"ruststash/{__version__}")
+    await upstream.start()
+    try:
+        yield CacheService(store, upstream, settings.cache_hosts), upstream_map
+    finally:
+        await upstream.close()
+        await asyncio.to_thread(store.close)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM. Raises StartupError/ConfigError before serving if something is wrong."""
+    files = ca.ensure_ca(settings.data_dir)
+    ca.check_key_private(files)
+    ca.write_client_bundle(settings.data_dir)
+    check_port_free(settings.listen, "--listen")
+    check_port_free(settings.admin_listen, "--admin-listen")
+
+    async with running_service(settings) as (service, upstream_map):
+        master = Master(options.Options(), with_termlog=False)
+        master.addons.add(
+            core.Core(),
+            block.Block(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            RuststashAddon(service, upstream_map),
+        )
+        master.options.update(**mitmproxy_options(settings))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, master.shutdown)
+        with (
+            asyncio_utils.install_exception_handler(master._asyncio_exception_handler),
+            asyncio_utils.set_eager_task_factory(),
+        ):
+            ps = master.addons.get("proxyserver")
+            if not await ps.setup_servers():
+                raise StartupError(f"cannot listen on {settings.listen} (--listen)")
+            admin = await start_admin(settings.admin_listen)
+            try:
+                await master.running()
+                logger.info(
+                    "ruststash %s: proxy on %s, admin on %s, cache %s",
+                    __version__,
+                    settings.listen,
+                    settings.admin_listen,
+                    settings.cache_dir,
+                )
+                await master.should_exit.wait()
+            finally:
+                await admin.cleanup()
+                await master.done()

@@ -1,0 +1,154 @@
+"""Parsed, validated configuration. Built once by the CLI; everything else reads this frozen value."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_CACHE_HOSTS = ("index.crates.io", "static.crates.io", "crates.io", "static.rust-lang.org")
+DEFAULT_LISTEN = "127.0.0.1:3128"
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:9128"
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def client_host(self) -> str:
+        """The address a client on this machine uses to reach a listener bound to `host`."""
+        if self.host in ("0.0.0.0", ""):
+            return "127.0.0.1"
+        if self.host == "::":
+            return "::1"
+        return self.host
+
+    def client_url(self) -> str:
+        host = self.client_host()
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class CacheHost:
+    """A host whose TLS traffic is intercepted and cached. `port` None means any port."""
+
+    host: str
+    port: int | None = None
+
+    def allow_pattern(self) -> str:
+        """An anchored mitmproxy `allow_hosts` regex (matched with re.search against "host:port")."""
+        port = r"\d+" if self.port is None else str(self.port)
+        return f"^{re.escape(self.host)}:{port}$"
+
+    def matches(self, host: str, port: int) -> bool:
+        return host.lower() == self.host and (self.port is None or self.port == port)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """One upstream base URL: requests keep their path, with `path_prefix` put in front."""
+
+    scheme: str
+    host: str
+    port: int
+    path_prefix: str
+
+    def url_for(self, path: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default_port = 443 if self.scheme == "https" else 80
+        netloc = host if self.port == default_port else f"{host}:{self.port}"
+        return f"{self.scheme}://{netloc}{self.path_prefix}{path}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: HostPort
+    admin_listen: HostPort
+    cache_dir: Path
+    data_dir: Path
+    cache_hosts: tuple[CacheHost, ...]
+    upstreams: dict[str, tuple[Origin, ...]] = field(default_factory=dict)
+    upstream_ca: Path | None = None
+
+
+def parse_host_port(value: str, what: str) -> HostPort:
+    """Parse `HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces)."""
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", value.strip())
+    if not match:
+        raise ConfigError(f"{what} {value!r} is not HOST:PORT")
+    host = match.group(1) if match.group(1) is not None else match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 < port < 65536:
+        raise ConfigError(f"{what} {value!r}: port must be between 1 and 65535")
+    if host == "":
+        host = "0.0.0.0"
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{what} {value!r}: the host must be an IP address or localhost") from None
+    return HostPort(host, port)
+
+
+def parse_cache_host(value: str) -> CacheHost:
+    text = value.strip().lower()
+    host, _, port_text = text.partition(":") if text.count(":") == 1 else (text, "", "")
+    if not _HOSTNAME.match(host):
+        raise ConfigError(f"--cache-host {value!r} is not a host name")
+    if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ConfigError(f"--cache-host {value!r}: bad port")
+    return CacheHost(host, int(port_text) if port_text else None)
+
+
+def parse_origin(url: str, what: str) -> Origin:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what}: {url!r} is not an http(s) URL")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{what}: {url!r} must not have a query or fragment")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ConfigError(f"{what}: {url!r} has a bad port") from None
+    return Origin(parts.scheme, parts.hostname.lower(), port, parts.path.rstrip("/"))
+
+
+def parse_upstream(value: str) -> tuple[str, tuple[Origin, ...]]:
+    """Parse `HOST=URL[,URL...]`."""
+    host, sep, urls = value.partition("=")
+    host = host.strip().lower()
+    if not sep or not _HOSTNAME.match(host) or not urls.strip():
+        raise ConfigError(f"--upstream {value!r} is not HOST=URL[,URL...]")
+    what = f"--upstream {host}"
+    return host, tuple(parse_origin(url, what) for url in urls.split(",") if url.strip())
+
+
+def build_cache_hosts(extra: tuple[str, ...]) -> tuple[CacheHost, ...]:
+    hosts = [CacheHost(h) for h in DEFAULT_CACHE_HOSTS]
+    for value in extra:
+        parsed = parse_cache_host(value)
+        if parsed not in hosts:
+            hosts.append(parsed)
+    return tuple(hosts)
+
+
+def build_upstreams(values: tuple[str, ...]) -> dict[str, tuple[Origin, ...]]:
+    upstreams: dict[str, tuple[Origin, ...]] = {}
+    for value in values:
+        host, origins = parse_upstream(value)
+        if host in upstreams:
+            raise ConfigError(f"--upstream {host} is given twice; list its URLs in one option, comma-separated")
+        upstreams[host] = origins
+    return upstreams

@@ -1,0 +1,35 @@
+"""Reading a sparse registry's files: the `cksum` of a version in an index file, `dl` in config.json. Pure."""
+
+from __future__ import annotations
+
+import json
+import re
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def published_cksum(index_file: bytes, version: str) -> str | None:
+    """The sha256 that the index file publishes for `version`, or None if it lists no such version.
+
+    Each line is one JSON object per published version (cargo's registry index format); lines that do not
+    parse are skipped, as cargo itself skips entries it cannot read."""
+    for line in index_file.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("vers") == version:
+            cksum = record.get("cksum")
+            if isinstance(cksum, str) and _SHA256.fullmatch(cksum):
+                return cksum
+    return None
+
+
+def config_dl(config_json: bytes) -> str | None:
+    """The `dl` value of a registry's config.json, or None."""
+    try:
+        config = json.loads(config_json)
+    except ValueError:
+        return None
+    dl = config.get("dl") if isinstance(config, dict) else None
+    return dl if isinstance(dl, str) else None

@@ -1,0 +1,212 @@
+"""The content-addressed store: blobs named by their sha256, and an index (diskcache) from cache key to entry.
+
+Only this module imports diskcache. Every method blocks on disk: callers on the event loop go through
+`asyncio.to_thread`. A body becomes visible in one step: it is written to `tmp/`, fsynced, checked against
+its expected digest, renamed into `blobs/`, and only then does the index point at it. A crash leaves at worst
+a stray temp file (removed when the store opens) or an unreferenced blob (harmless).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from .errors import IntegrityError, StoreError
+
+FORMAT = "ruststash-store 1"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored response: what is needed to answer a client and to revalidate with upstream."""
+
+    key: str
+    digest: str
+    size: int
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    stored_at: float
+    lifetime: float
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+    @property
+    def etag(self) -> str | None:
+        return self.header("etag")
+
+    @property
+    def last_modified(self) -> str | None:
+        return self.header("last-modified")
+
+
+class BlobWriter:
+    """A temp file that hashes what is written to it. `Store.commit` makes it a blob; `abort` drops it."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-", suffix=".part")
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+    def _close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class Store:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._blobs = directory / "blobs"
+        self._tmp = directory / "tmp"
+        try:
+            self._check_format()
+            self._blobs.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            self._index = diskcache.Cache(str(directory / "index"), eviction_policy="none", size_limit=2**62)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store in {directory}: {exc.strerror or exc}") from exc
+
+    def _check_format(self) -> None:
+        marker = self.directory / "FORMAT"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if marker.exists():
+            found = marker.read_text(encoding="utf-8", errors="replace").strip()
+            if found != FORMAT:
+                raise StoreError(
+                    f"{self.directory} holds a store of another format ({found!r}, expected {FORMAT!r}): "
+                    "point --cache-dir at a new directory or remove this one"
+                )
+        elif any(self.directory.iterdir()):
+            raise StoreError(f"{self.directory} is not empty and is not a ruststash store: use another --cache-dir")
+        else:
+            marker.write_text(FORMAT + "\n", encoding="utf-8")
+
+    def close(self) -> None:
+        self._index.close()
+
+    def blob_path(self, digest: str) -> Path:
+        return self._blobs / digest[:2] / digest
+
+    def lookup(self, key: str) -> Entry | None:
+        """The entry for `key`, or None; an entry whose blob is missing counts as absent."""
+        raw: dict[str, Any] | None = self._index.get(key)
+        if raw is None:
+            return None
+        entry = _entry_from_dict(key, raw)
+        if not self.blob_path(entry.digest).exists():
+            self._index.delete(key)
+            return None
+        return entry
+
+    def read(self, entry: Entry) -> bytes:
+        try:
+            return self.blob_path(entry.digest).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read blob {entry.digest}: {exc.strerror or exc}") from exc
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self._tmp)
+
+    def commit(
+        self,
+        writer: BlobWriter,
+        key: str,
+        *,
+        status: int,
+        headers: tuple[tuple[str, str], ...],
+        stored_at: float,
+        lifetime: float,
+        expected_digest: str | None = None,
+    ) -> Entry:
+        """Make the written body a blob and point `key` at it, or raise IntegrityError (nothing stored)."""
+        try:
+            writer._close()
+            digest = writer.digest
+            if expected_digest is not None and digest != expected_digest:
+                raise IntegrityError(key, expected_digest, digest)
+            target = self.blob_path(digest)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(writer.path, target)
+            _fsync_dir(target.parent)
+        except BaseException:
+            writer.abort()
+            raise
+        entry = Entry(key, digest, writer.size, status, headers, stored_at, lifetime)
+        self._index.set(key, _entry_to_dict(entry))
+        return entry
+
+    def put(self, key: str, body: bytes, **meta: Any) -> Entry:
+        writer = self.writer()
+        try:
+            writer.write(body)
+        except BaseException:
+            writer.abort()
+            raise
+        return self.commit(writer, key, **meta)
+
+    def refresh(self, entry: Entry, stored_at: float, headers: tuple[tuple[str, str], ...], lifetime: float) -> Entry:
+        """Record a successful revalidation: new stored time and the headers upstream sent with its 304."""
+        updated = replace(entry, stored_at=stored_at, headers=headers, lifetime=lifetime)
+        self._index.set(entry.key, _entry_to_dict(updated))
+        return updated
+
+    def delete(self, key: str) -> None:
+        self._index.delete(key)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _entry_to_dict(entry: Entry) -> dict[str, Any]:
+    return {
+        "digest": entry.digest,
+        "size": entry.size,
+        "status": entry.status,
+        "headers": [list(h) for h in entry.headers],
+        "stored_at": entry.stored_at,
+        "lifetime": entry.lifetime,
+    }
+
+
+def _entry_from_dict(key: str, raw: dict[str, Any]) -> Entry:
+    return Entry(
+        key=key,
+        digest=raw["digest"],
+        size=raw["size"],
+        status=raw["status"],
+        headers=tuple((str(k), str(v)) for k, v in raw["headers"]),
+        stored_at=raw["stored_at"],
+        lifetime=raw["lifetime"],
+    )

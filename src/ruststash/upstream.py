@@ -1,0 +1,128 @@
+"""Fetching from upstream origins with a pooled aiohttp client. Library errors become UpstreamError here."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from .errors import UpstreamError
+from .settings import Origin
+
+MAX_REDIRECTS = 5
+# Bodies are held in memory on this path; crates and index files are KB to a few MB.
+MAX_BODY_BYTES = 256 * 1024 * 1024
+# Headers a client sends that upstream needs to answer the same way (cargo's sparse protocol marker).
+FORWARDED_REQUEST_HEADERS = ("user-agent", "accept", "cargo-protocol")
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    url: str
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+class UpstreamMap:
+    """Where requests for a host go: its own origin by default, or the `--upstream` origins in order."""
+
+    def __init__(self, upstreams: dict[str, tuple[Origin, ...]]) -> None:
+        self._upstreams = upstreams
+
+    def origins(self, scheme: str, host: str, port: int) -> tuple[Origin, ...]:
+        mapped = self._upstreams.get(host.lower())
+        return mapped if mapped else (Origin(scheme, host.lower(), port, ""),)
+
+    def urls(self, url: str) -> tuple[str, ...]:
+        """Every URL to try, in order, for an absolute `url`."""
+        parts = urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return tuple(o.url_for(path) for o in self.origins(parts.scheme, parts.hostname or "", port))
+
+
+def make_ssl_context(extra_ca: Path | None) -> ssl.SSLContext:
+    """The system's trusted roots plus `--upstream-ca` (a private mirror, or the tests' local origins)."""
+    context = ssl.create_default_context()
+    if extra_ca is not None:
+        context.load_verify_locations(cafile=str(extra_ca))
+    return context
+
+
+class Upstream:
+    def __init__(self, mapping: UpstreamMap, ssl_context: ssl.SSLContext, user_agent: str) -> None:
+        self.mapping = mapping
+        self._ssl_context = ssl_context
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(ssl=self._ssl_context, limit=64, limit_per_host=16, ttl_dns_cache=60)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def get(self, url: str, headers: dict[str, str]) -> UpstreamResponse:
+        """GET `url` from the first of its origins that answers; 3xx are followed (through the same mapping).
+
+        Raises UpstreamError when no origin gave a complete response."""
+        errors: list[str] = []
+        for candidate in self.mapping.urls(url):
+            try:
+                return await self._get_following(candidate, headers)
+            except UpstreamError as exc:
+                errors.append(exc.reason)
+                last = exc
+        raise UpstreamError("; ".join(errors), last.status)
+
+    async def _get_following(self, url: str, headers: dict[str, str]) -> UpstreamResponse:
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._get_once(url, headers)
+            location = response.header("location")
+            if response.status not in (301, 302, 303, 307, 308) or not location:
+                return response
+            url = self.mapping.urls(urljoin(url, location))[0]
+        raise UpstreamError(f"too many redirects from {url}")
+
+    async def _get_once(self, url: str, headers: dict[str, str]) -> UpstreamResponse:
+        assert self._session is not None, "Upstream.start() was not called"
+        send = {"user-agent": self._user_agent, **headers}
+        host = urlsplit(url).netloc
+        try:
+            async with self._session.get(url, headers=send, allow_redirects=False) as response:
+                body = await response.content.read(MAX_BODY_BYTES + 1)
+                if len(body) > MAX_BODY_BYTES:
+                    raise UpstreamError(f"{host}: body larger than {MAX_BODY_BYTES} bytes")
+                expected = response.content_length
+                if expected is not None and not response.headers.get("content-encoding") and len(body) != expected:
+                    raise UpstreamError(f"{host}: body truncated ({len(body)} of {expected} bytes)")
+                return UpstreamResponse(response.status, tuple(response.headers.items()), body, url)
+        except UpstreamError:
+            raise
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise UpstreamError(f"{host}: TLS certificate not trusted ({exc.certificate_error})") from exc
+        except aiohttp.ClientSSLError as exc:
+            raise UpstreamError(f"{host}: TLS error ({exc})") from exc
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise UpstreamError(f"{host}: DNS lookup failed") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(f"{host}: cannot connect ({exc.os_error.strerror or exc.os_error})") from exc
+        except TimeoutError as exc:
+            raise UpstreamError(f"{host}: timed out", 504) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamError(f"{host}: body cut short ({exc})") from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            raise UpstreamError(f"{host}: connection closed before a full response") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"{host}: {type(exc).__name__}: {exc}") from exc
