@@ -9,7 +9,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from .errors import UpstreamError
+from .errors import ConfigError, UpstreamError
 from .settings import Origin
 
 MAX_REDIRECTS = 5
@@ -53,7 +53,12 @@ def make_ssl_context(extra_ca: Path | None) -> ssl.SSLContext:
     """The system's trusted roots plus `--upstream-ca` (a private mirror, or the tests' local origins)."""
     context = ssl.create_default_context()
     if extra_ca is not None:
-        context.load_verify_locations(cafile=str(extra_ca))
+        try:
+            context.load_verify_locations(cafile=str(extra_ca))
+        except OSError as exc:
+            raise ConfigError(f"--upstream-ca {extra_ca}: {exc.strerror or exc}") from exc
+        except ssl.SSLError as exc:
+            raise ConfigError(f"--upstream-ca {extra_ca}: not a PEM certificate ({exc.reason})") from exc
     return context
 
 

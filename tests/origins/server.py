@@ -20,9 +20,7 @@ T = TypeVar("T")
 
 
 class BackgroundServer:
-    def __init__(
-        self, app: web.Application, ssl_context: ssl.SSLContext | None, host: str = "127.0.0.1"
-    ) -> None:
+    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None, host: str = "127.0.0.1") -> None:
         self._app = app
         self._ssl_context = ssl_context
         self.host = host
@@ -55,9 +53,7 @@ class BackgroundServer:
         async def start() -> None:
             runner = web.AppRunner(self._app, handle_signals=False, shutdown_timeout=0.5)
             await runner.setup()
-            site = web.TCPSite(
-                runner, self.host, self.port, ssl_context=self._ssl_context, reuse_address=True
-            )
+            site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl_context, reuse_address=True)
             await site.start()
             server = site._server
             assert isinstance(server, asyncio.base_events.Server)
@@ -76,3 +72,5 @@ class BackgroundServer:
         self.stop()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()

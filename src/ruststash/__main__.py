@@ -1,0 +1,3 @@
+from ruststash.cli import main
+
+main()

@@ -1,0 +1,154 @@
+"""A real `ruststash serve` process for end-to-end tests, and the clean environments clients run in."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+PROXY_START_TIMEOUT = 30.0
+_LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ruststash_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ruststash", *args]
+
+
+def proxy_process_env() -> dict[str, str]:
+    """The proxy's own environment: this one, minus proxy settings that would loop requests back."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("RUSTSTASH_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ProxyProcess:
+    """`ruststash serve` on free loopback ports, with its log captured to a file."""
+
+    def __init__(self, workdir: Path, args: list[str], cache_dir: Path | None = None) -> None:
+        self.workdir = workdir
+        self.cache_dir = cache_dir or workdir / "cache"
+        self.data_dir = workdir / "data"
+        self.args = args
+        self.log_path = workdir / "proxy.log"
+        self.port = 0
+        self.admin_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def bundle(self) -> Path:
+        return self.data_dir / "ca-bundle.pem"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.data_dir / "mitmproxy-ca-cert.pem"
+
+    def start(self) -> ProxyProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.admin_port = self.admin_port or free_port()
+        command = ruststash_command(
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--admin-listen",
+            f"127.0.0.1:{self.admin_port}",
+            "--cache-dir",
+            str(self.cache_dir),
+            "--data-dir",
+            str(self.data_dir),
+            *self.args,
+        )
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=proxy_process_env())
+        log.close()
+        deadline = time.monotonic() + PROXY_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ruststash exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"ruststash did not become healthy:\n{self.log()}")
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.process is None:
+            return 0
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise RuntimeError("ruststash did not stop within 15 s of SIGTERM") from None
+        return process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def access(self) -> list[dict[str, str]]:
+        """The per-request log lines, parsed."""
+        records = []
+        for line in self.log().splitlines():
+            if "ruststash.access:" in line:
+                fields = {k: v.strip('"') for k, v in _LOGFMT.findall(line.split("ruststash.access:", 1)[1])}
+                records.append(fields)
+        return records
+
+
+def real_toolchain_bin() -> Path:
+    """The directory of the real cargo/rustc binaries (not rustup's proxies), so client homes can be fresh."""
+    rustup = shutil.which("rustup")
+    if rustup is None:
+        raise RuntimeError("rustup is not on PATH: the end-to-end tests need the real cargo")
+    cargo = subprocess.run([rustup, "which", "cargo"], capture_output=True, text=True, check=True).stdout.strip()
+    return Path(cargo).parent
+
+
+def clean_client_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
+    """A from-scratch environment (like `env -i`): nothing inherited from this machine's CA or proxy settings."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": f"{real_toolchain_bin()}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "CARGO_HOME": str(home / "cargo-home"),
+        "CARGO_TERM_COLOR": "never",
+        "LANG": "C.UTF-8",
+    }
+    env.update(extra)
+    return env
+
+
+def proxy_client_env(home: Path, proxy: ProxyProcess) -> dict[str, str]:
+    """What `ruststash env` exports, for a client of `proxy`."""
+    return clean_client_env(
+        home,
+        {
+            "HTTPS_PROXY": proxy.url,
+            "https_proxy": proxy.url,
+            "SSL_CERT_FILE": str(proxy.bundle),
+            "CARGO_HTTP_CAINFO": str(proxy.bundle),
+        },
+    )

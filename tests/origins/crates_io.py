@@ -1,0 +1,433 @@
+"""A fake crates.io (sparse index + static downloads) over TLS, with a request log and fault controls.
+
+Two listeners on 127.0.0.1, each a `BackgroundServer`:
+
+- index (`index_url`): `/config.json` and sparse-index files at `Registry.index_path(name)` (lowercase),
+  `text/plain`, strong ETag, Last-Modified, `Cache-Control: public,max-age=600`, 304 on a matching
+  `If-None-Match` (or, without it, `If-Modified-Since`); unknown names are 404.
+- static (`static_url`): `/crates/{name}/{version}/download` and `/crates/{name}/{name}-{version}.crate`
+  (name case-sensitive, as on static.crates.io), `application/gzip`, immutable, ETag; anything else is 404.
+
+Every request goes through one middleware that records it and applies a fault set with `set_fault` for the
+longest matching path prefix (so new fault modes need only a branch in `_apply_fault`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from aiohttp import web
+
+from .registry import PublishedCrate, Registry, index_path
+from .server import BackgroundServer
+from .tls import OriginTLS
+
+Site = Literal["index", "static"]
+FaultMode = Literal[
+    "refuse", "hang", "slow_headers", "trickle", "truncate", "reset", "status_500", "status_503", "corrupt"
+]
+FAULT_MODES: tuple[str, ...] = get_args(FaultMode)
+
+# A `dl` for proxy-less use: downloads go straight to this origin's static listener.
+DIRECT_DL = "{static_url}/crates"
+DEFAULT_CONFIG = {"dl": "https://static.crates.io/crates", "api": "https://crates.io"}
+INDEX_CACHE_CONTROL = "public,max-age=600"
+CRATE_CACHE_CONTROL = "public,max-age=31536000,immutable"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the origin saw it. `status` is None when no response was sent (hang, reset, ...)."""
+
+    site: Site
+    method: str
+    path: str
+    status: int | None
+    if_none_match: str | None
+    if_modified_since: str | None
+    fault: FaultMode | None
+    time: float
+
+
+@dataclass
+class Fault:
+    """A fault on requests whose path starts with a prefix.
+
+    - refuse: close the connection (clean FIN) without a response; (to refuse connections use `stop()`)
+    - reset: abort the connection with a TCP RST, no response
+    - hang: never answer (until `clear_faults`/`restore`, or `hang_max` seconds, then close)
+    - slow_headers: wait `delay` seconds, then answer normally
+    - trickle: answer normally but send the body `chunk` bytes every `delay` seconds
+    - truncate: send the headers (full Content-Length) and half the body, then close
+    - status_500 / status_503: answer with that status
+    - corrupt: answer normally with the body's bytes changed (same length)
+
+    `remaining` limits how many requests it hits (None: until cleared).
+    """
+
+    mode: FaultMode
+    delay: float = 2.0
+    chunk: int = 1024
+    remaining: int | None = None
+    hang_max: float = 300.0
+
+
+def corrupted(data: bytes) -> bytes:
+    """Different bytes of the same length (every byte inverted)."""
+    return data.translate(_INVERT)
+
+
+_INVERT = bytes(255 - i for i in range(256))
+
+
+def _http_date(timestamp: float) -> str:
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def _etag(data: bytes) -> str:
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
+
+
+def _not_modified_since(header: str, last_modified: float) -> bool:
+    try:
+        since = email.utils.parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError):
+        return False
+    return int(last_modified) <= since
+
+
+@dataclass
+class _State:
+    """Everything mutable, guarded by `lock` (handlers run on the origin threads, tests on the main one)."""
+
+    crates: list[PublishedCrate]
+    modified: dict[str, float] = field(default_factory=dict)  # lowercase name -> last-modified
+    corrupt: set[tuple[str, str]] = field(default_factory=set)
+    faults: dict[tuple[Site, str], Fault] = field(default_factory=dict)
+    records: list[RequestRecord] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FakeCratesIo:
+    """A fake crates.io serving `registry` over TLS. `dl` overrides config.json's `dl` (default crates.io's);
+    `{static_url}` in it is replaced by `static_url` (see `DIRECT_DL`).
+
+    Started on construction; `stop()`/`start()` take both listeners down/up (same ports), `close()` ends it.
+    """
+
+    def __init__(self, registry: Registry, tls: OriginTLS, dl: str | None = None) -> None:
+        self.registry = registry
+        self._config = {**DEFAULT_CONFIG, **({"dl": dl} if dl else {})}
+        start = time.time() - 3600
+        self._state = _State(crates=list(registry.crates))
+        self._state.modified = {c.name.lower(): start for c in registry.crates}
+        self._hang_release = threading.Event()
+        self._servers: dict[Site, BackgroundServer] = {
+            "index": BackgroundServer(self._index_app(), tls.server_context()),
+            "static": BackgroundServer(self._static_app(), tls.server_context()),
+        }
+        self.start()
+        self._config["dl"] = self._config["dl"].replace("{static_url}", self.static_url)
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def index_url(self) -> str:
+        return self._servers["index"].url
+
+    @property
+    def static_url(self) -> str:
+        return self._servers["static"].url
+
+    @property
+    def config(self) -> dict[str, str]:
+        return dict(self._config)
+
+    def start(self, site: Site | None = None) -> None:
+        for name, server in self._servers.items():
+            if site in (None, name):
+                server.start()
+
+    def stop(self, site: Site | None = None) -> None:
+        """Stop listening (clients get "connection refused") and drop open connections."""
+        self._release_hangs()
+        for name, server in self._servers.items():
+            if site in (None, name):
+                server.stop()
+
+    def close(self) -> None:
+        self._release_hangs()
+        for server in self._servers.values():
+            server.close()
+
+    # ------------------------------------------------------------------------------------------- content
+
+    def publish(self, crate: PublishedCrate) -> None:
+        """Add a version to the index (and its `.crate` to static) at runtime; bumps Last-Modified."""
+        with self._state.lock:
+            self._state.crates = [
+                c for c in self._state.crates if (c.name.lower(), c.vers) != (crate.name.lower(), crate.vers)
+            ]
+            self._state.crates.append(crate)
+            self._touch(crate.name)
+
+    def yank(self, name: str, vers: str, yanked: bool = True) -> None:
+        with self._state.lock:
+            self._state.crates = [
+                c.with_yanked(yanked) if (c.name.lower(), c.vers) == (name.lower(), vers) else c
+                for c in self._state.crates
+            ]
+            self._touch(name)
+
+    def _touch(self, name: str) -> None:
+        previous = self._state.modified.get(name.lower(), 0.0)
+        self._state.modified[name.lower()] = max(time.time(), previous + 1)
+
+    def corrupt_crate(self, name: str, vers: str) -> None:
+        """Serve different bytes of the same length for this `.crate` (until `restore`)."""
+        with self._state.lock:
+            self._state.corrupt.add((name, vers))
+
+    def set_fault(
+        self,
+        path_prefix: str,
+        mode: FaultMode,
+        *,
+        site: Site | None = None,
+        delay: float = 2.0,
+        chunk: int = 1024,
+        times: int | None = None,
+        hang_max: float = 300.0,
+    ) -> None:
+        """Apply `mode` to requests whose path starts with `path_prefix` (on `site`, or both sites).
+
+        The longest matching prefix wins; `times` limits how many requests it hits. See `Fault`.
+        """
+        if mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r}")
+        with self._state.lock:
+            for s in ("index", "static") if site is None else (site,):
+                self._state.faults[(s, path_prefix)] = Fault(mode, delay, chunk, times, hang_max)
+
+    def clear_faults(self) -> None:
+        with self._state.lock:
+            self._state.faults.clear()
+        self._release_hangs()
+
+    def _release_hangs(self) -> None:
+        """End the hangs in progress (requests that hang later wait on a fresh event)."""
+        release, self._hang_release = self._hang_release, threading.Event()
+        release.set()
+
+    def restore(self) -> None:
+        """Undo `corrupt_crate` and `set_fault` (published/yanked changes stay)."""
+        with self._state.lock:
+            self._state.corrupt.clear()
+        self.clear_faults()
+
+    # ------------------------------------------------------------------------------------------- request log
+
+    def records(self, site: Site | None = None) -> list[RequestRecord]:
+        with self._state.lock:
+            return [r for r in self._state.records if site in (None, r.site)]
+
+    def count(self, path: str, site: Site | None = None) -> int:
+        """How many requests asked for exactly `path`."""
+        return sum(1 for r in self.records(site) if r.path == path)
+
+    def count_prefix(self, path_prefix: str, site: Site | None = None) -> int:
+        return sum(1 for r in self.records(site) if r.path.startswith(path_prefix))
+
+    def count_status(self, path_prefix: str, status: int | None, site: Site | None = None) -> int:
+        """How many requests under `path_prefix` were answered with `status` (None: no response)."""
+        return sum(1 for r in self.records(site) if r.path.startswith(path_prefix) and r.status == status)
+
+    def statuses(self, path: str, site: Site | None = None) -> list[int | None]:
+        return [r.status for r in self.records(site) if r.path == path]
+
+    def reset_counts(self) -> None:
+        with self._state.lock:
+            self._state.records.clear()
+
+    # ------------------------------------------------------------------------------------------- apps
+
+    def _index_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware("index")])
+        app.router.add_get("/config.json", self._config_json)
+        app.router.add_get("/{path:.+}", self._index_file)
+        return app
+
+    def _static_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware("static")])
+        app.router.add_get("/crates/{name}/{version}/download", self._download)
+        app.router.add_get("/crates/{name}/{filename}", self._crate_file)
+        return app
+
+    async def _config_json(self, request: web.Request) -> web.StreamResponse:
+        body = json.dumps(self._config).encode()
+        return self._conditional(request, body, "application/json", INDEX_CACHE_CONTROL, time.time() - 3600)
+
+    async def _index_file(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        with self._state.lock:
+            crates = [c for c in self._state.crates if index_path(c.name) == path]
+            modified = self._state.modified.get(crates[0].name.lower(), 0.0) if crates else 0.0
+        if not crates or path != path.lower():
+            raise web.HTTPNotFound()
+        body = b"".join(c.index_line() + b"\n" for c in crates)
+        return self._conditional(request, body, "text/plain", INDEX_CACHE_CONTROL, modified)
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        return self._serve_crate(request, request.match_info["name"], request.match_info["version"])
+
+    async def _crate_file(self, request: web.Request) -> web.StreamResponse:
+        name, filename = request.match_info["name"], request.match_info["filename"]
+        prefix, suffix = f"{name}-", ".crate"
+        if not (filename.startswith(prefix) and filename.endswith(suffix)):
+            raise web.HTTPNotFound()
+        return self._serve_crate(request, name, filename[len(prefix) : -len(suffix)])
+
+    def _serve_crate(self, request: web.Request, name: str, version: str) -> web.StreamResponse:
+        with self._state.lock:
+            found = [c for c in self._state.crates if c.name == name and c.vers == version]
+            corrupt = (name, version) in self._state.corrupt
+            modified = self._state.modified.get(name.lower(), 0.0)
+        if not found:
+            raise web.HTTPNotFound()
+        data = found[0].data
+        if corrupt:
+            data = corrupted(data)
+        return self._conditional(request, data, "application/gzip", CRATE_CACHE_CONTROL, modified)
+
+    @staticmethod
+    def _conditional(
+        request: web.Request, body: bytes, content_type: str, cache_control: str, modified: float
+    ) -> web.Response:
+        headers = {
+            "ETag": _etag(body),
+            "Last-Modified": _http_date(modified),
+            "Cache-Control": cache_control,
+        }
+        inm, ims = request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")
+        if (inm is not None and _etag_matches(inm, headers["ETag"])) or (
+            inm is None and ims is not None and _not_modified_since(ims, modified)
+        ):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, content_type=content_type, headers=headers)
+
+    # ------------------------------------------------------------------------------------------- faults
+
+    def _take_fault(self, site: Site, path: str) -> Fault | None:
+        with self._state.lock:
+            matches = [(p, f) for (s, p), f in self._state.faults.items() if s == site and path.startswith(p)]
+            if not matches:
+                return None
+            prefix, fault = max(matches, key=lambda m: len(m[0]))
+            if fault.remaining is not None:
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    del self._state.faults[(site, prefix)]
+            return fault
+
+    def _record(self, site: Site, request: web.Request, status: int | None, fault: Fault | None) -> None:
+        record = RequestRecord(
+            site=site,
+            method=request.method,
+            path=request.path,
+            status=status,
+            if_none_match=request.headers.get("If-None-Match"),
+            if_modified_since=request.headers.get("If-Modified-Since"),
+            fault=fault.mode if fault else None,
+            time=time.time(),
+        )
+        with self._state.lock:
+            self._state.records.append(record)
+
+    def _middleware(self, site: Site) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+        @web.middleware
+        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            fault = self._take_fault(site, request.path)
+            try:
+                response = await (self._apply_fault(fault, request, handler) if fault else handler(request))
+            except web.HTTPException as exc:
+                self._record(site, request, exc.status, fault)
+                raise
+            except _NoResponse:
+                self._record(site, request, None, fault)
+                raise asyncio.CancelledError() from None
+            self._record(site, request, response.status, fault)
+            return response
+
+        return middleware
+
+    async def _apply_fault(self, fault: Fault, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if fault.mode in ("status_500", "status_503"):
+            return web.Response(status=int(fault.mode[-3:]), text="fault injected\n")
+        if fault.mode == "refuse":
+            _close(request, rst=False)
+            raise _NoResponse()
+        if fault.mode == "reset":
+            _close(request, rst=True)
+            raise _NoResponse()
+        if fault.mode == "hang":
+            release, deadline = self._hang_release, time.monotonic() + fault.hang_max
+            while not release.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110 (threading.Event)
+                await asyncio.sleep(0.05)
+            _close(request, rst=False)
+            raise _NoResponse()
+        if fault.mode == "slow_headers":
+            await asyncio.sleep(fault.delay)
+            return await handler(request)
+        response = await handler(request)
+        if not isinstance(response, web.Response) or response.body is None or response.status != 200:
+            return response
+        body = bytes(response.body)  # type: ignore[arg-type]
+        if fault.mode == "corrupt":
+            response.body = corrupted(body)
+            return response
+        stream = web.StreamResponse(status=response.status, headers=response.headers)
+        stream.content_length = len(body)
+        await stream.prepare(request)
+        if fault.mode == "truncate":
+            await stream.write(body[: len(body) // 2])
+            _close(request, rst=False)
+            raise _NoResponse()
+        for start in range(0, len(body), fault.chunk):  # trickle
+            await stream.write(body[start : start + fault.chunk])
+            await asyncio.sleep(fault.delay)
+        await stream.write_eof()
+        return stream
+
+
+class _NoResponse(Exception):
+    """The fault dropped the connection: there is no response to return."""
+
+
+def _close(request: web.Request, *, rst: bool) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    if rst:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()

@@ -1,0 +1,72 @@
+"""Hosts not on the cache list are tunnelled untouched: the client sees the origin's own certificate."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import ProxyFactory
+from tests.origins.server import BackgroundServer
+from tests.origins.tls import OriginTLS
+
+
+@pytest.fixture
+def other_origin(origin_tls: OriginTLS) -> Iterator[BackgroundServer]:
+    async def hello(_: web.Request) -> web.Response:
+        return web.Response(text="hello from the other origin")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    server = BackgroundServer(app, origin_tls.server_context())
+    server.start()
+    yield server
+    server.close()
+
+
+def connect_through(proxy_port: int, host: str, port: int, context: ssl.SSLContext) -> tuple[bytes, bytes]:
+    """CONNECT through the proxy, do TLS with `host`, GET /; return (peer certificate DER, response)."""
+    raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+    raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = raw.recv(4096)
+        assert chunk, "proxy closed the connection"
+        reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    with context.wrap_socket(raw, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        response = b""
+        while chunk := tls.recv(4096):
+            response += chunk
+    return der, response
+
+
+@pytest.mark.e2e
+def test_unlisted_host_is_tunnelled_with_its_own_certificate(
+    start_proxy: ProxyFactory, origin_tls: OriginTLS, other_origin: BackgroundServer
+) -> None:
+    proxy = start_proxy([])
+    # Trusting only the origin's CA (not ruststash's) proves the TLS session is the origin's own.
+    der, response = connect_through(proxy.port, "127.0.0.1", other_origin.port, origin_tls.client_context())
+    assert der == origin_tls.server_cert_der()
+    assert b"hello from the other origin" in response
+    assert b"x-cache" not in response.lower()
+
+
+@pytest.mark.e2e
+def test_listed_host_is_intercepted_with_ruststash_certificate(
+    start_proxy: ProxyFactory, origin_tls: OriginTLS, other_origin: BackgroundServer
+) -> None:
+    proxy = start_proxy(["--upstream", f"crates.io={other_origin.url}", "--upstream-ca", str(origin_tls.ca_pem)])
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    der, response = connect_through(proxy.port, "crates.io", 443, context)
+    assert der != origin_tls.server_cert_der()
+    # Not a cacheable URL: forwarded to the mapped origin and marked PASS.
+    assert b"hello from the other origin" in response
+    assert b"x-cache: PASS" in response

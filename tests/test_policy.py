@@ -1,0 +1,128 @@
+"""The URL rules, table-driven: every cargo URL kind, both download forms, and what must pass untouched."""
+
+from __future__ import annotations
+
+import pytest
+
+from ruststash.policy import CRATES_IO, Kind, Rule, classify, config_prefix, index_path, registry_from_dl
+
+REGISTRIES = (CRATES_IO,)
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [("a", "1/a"), ("ab", "2/ab"), ("abc", "3/a/abc"), ("serde", "se/rd/serde"), ("Inflector", "in/fl/inflector")],
+)
+def test_index_path(name: str, path: str) -> None:
+    assert index_path(name) == path
+
+
+@pytest.mark.parametrize(
+    ("method", "host", "path", "kind", "key"),
+    [
+        ("GET", "index.crates.io", "/config.json", Kind.CONFIG, "config:index.crates.io/config.json"),
+        ("GET", "index.crates.io", "/1/a", Kind.INDEX, "index:index.crates.io/1/a"),
+        ("GET", "index.crates.io", "/2/cc", Kind.INDEX, "index:index.crates.io/2/cc"),
+        ("GET", "index.crates.io", "/3/l/log", Kind.INDEX, "index:index.crates.io/3/l/log"),
+        ("GET", "index.crates.io", "/se/rd/serde", Kind.INDEX, "index:index.crates.io/se/rd/serde"),
+        ("GET", "INDEX.crates.io", "/se/rd/serde_json", Kind.INDEX, "index:index.crates.io/se/rd/serde_json"),
+        (
+            "GET",
+            "static.crates.io",
+            "/crates/serde/1.0.200/download",
+            Kind.CRATE,
+            "crate:index.crates.io/se/rd/serde/1.0.200",
+        ),
+        (
+            "GET",
+            "static.crates.io",
+            "/crates/serde/serde-1.0.200.crate",
+            Kind.CRATE,
+            "crate:index.crates.io/se/rd/serde/1.0.200",
+        ),
+        (
+            "GET",
+            "static.crates.io",
+            "/crates/Inflector/0.11.4/download",
+            Kind.CRATE,
+            "crate:index.crates.io/in/fl/inflector/0.11.4",
+        ),
+        (
+            "GET",
+            "crates.io",
+            "/api/v1/crates/serde/1.0.200/download",
+            Kind.CRATE,
+            "crate:index.crates.io/se/rd/serde/1.0.200",
+        ),
+        ("GET", "static.crates.io", "/crates/serde/1.0.0-beta.1+meta/download", Kind.CRATE, None),
+        # not cached: other methods, the API, queries, escapes, dot segments, inconsistent index paths
+        ("POST", "index.crates.io", "/se/rd/serde", Kind.PASS, ""),
+        ("HEAD", "static.crates.io", "/crates/serde/1.0.0/download", Kind.PASS, ""),
+        ("GET", "crates.io", "/api/v1/crates?q=serde", Kind.PASS, ""),
+        ("GET", "crates.io", "/api/v1/crates/serde", Kind.PASS, ""),
+        ("GET", "index.crates.io", "/se/rd/serde?x=1", Kind.PASS, ""),
+        ("GET", "index.crates.io", "/se/rd/%73erde", Kind.PASS, ""),
+        ("GET", "index.crates.io", "/../se/rd/serde", Kind.PASS, ""),
+        ("GET", "index.crates.io", "/se/rd/../serde", Kind.PASS, ""),
+        ("GET", "index.crates.io", "//se/rd/serde", Kind.PASS, ""),
+        ("GET", "index.crates.io", "/xx/rd/serde", Kind.PASS, ""),
+        ("GET", "index.crates.io", "/3/x/log", Kind.PASS, ""),
+        ("GET", "index.crates.io", "/se/rd/Serde", Kind.PASS, ""),
+        ("GET", "static.crates.io", "/crates/serde/serde-1.0.0.tar.gz", Kind.PASS, ""),
+        ("GET", "static.crates.io", "/crates/serde/other-1.0.0.crate", Kind.PASS, ""),
+        ("GET", "static.crates.io", "/crates/" + "a" * 65 + "/1.0.0/download", Kind.PASS, ""),
+        ("GET", "static.crates.io", "/crates/-bad/1.0.0/download", Kind.PASS, ""),
+        ("GET", "static.rust-lang.org", "/dist/channel-rust-stable.toml", Kind.PASS, ""),
+    ],
+)
+def test_classify(method: str, host: str, path: str, kind: Kind, key: str | None) -> None:
+    decision = classify(method, host, path, REGISTRIES)
+    assert decision.kind is kind
+    if key is not None:
+        assert decision.key == key
+    assert (decision.rule is Rule.NONE) == (kind is Kind.PASS)
+
+
+def test_both_download_forms_share_one_key_and_name_the_index_file() -> None:
+    a = classify("GET", "static.crates.io", "/crates/Inflector/0.11.4/download", REGISTRIES)
+    b = classify("GET", "static.crates.io", "/crates/Inflector/Inflector-0.11.4.crate", REGISTRIES)
+    assert a.key == b.key
+    assert a.crate is not None and a.crate.name == "Inflector" and a.crate.version == "0.11.4"
+    assert a.crate.index_key == "index:index.crates.io/in/fl/inflector"
+
+
+@pytest.mark.parametrize(
+    ("dl", "path", "expected"),
+    [
+        ("https://dl.example.com/api/v1/crates", "/api/v1/crates/foo/1.2.3/download", ("foo", "1.2.3")),
+        (
+            "https://dl.example.com/files/{crate}/{crate}-{version}.crate",
+            "/files/Foo/Foo-1.2.3.crate",
+            ("Foo", "1.2.3"),
+        ),
+        ("https://dl.example.com/{prefix}/{crate}/{version}", "/fo/o_/foo_bar/1.0.0", ("foo_bar", "1.0.0")),
+        ("https://dl.example.com/files/{crate}/{crate}-{version}.crate", "/files/Foo/Bar-1.2.3.crate", None),
+    ],
+)
+def test_private_registry_downloads_follow_config_dl(dl: str, path: str, expected: tuple[str, str] | None) -> None:
+    registry = registry_from_dl("registry.example.com", "/index", dl)
+    assert registry is not None
+    decision = classify("GET", "dl.example.com", path, (CRATES_IO, registry))
+    if expected is None:
+        assert decision.kind is Kind.PASS
+        return
+    assert decision.kind is Kind.CRATE and decision.crate is not None
+    assert (decision.crate.name, decision.crate.version) == expected
+    assert decision.crate.index_host == "registry.example.com"
+    assert decision.crate.index_path.startswith("/index/")
+
+
+def test_registry_from_dl_rejects_what_it_cannot_match() -> None:
+    assert registry_from_dl("r.example", "", "ftp://x/y") is None
+    assert registry_from_dl("r.example", "", "https://x.example/{crate}/latest") is None
+
+
+def test_config_prefix() -> None:
+    assert config_prefix("/config.json") == ""
+    assert config_prefix("/api/v1/index/config.json") == "/api/v1/index"
+    assert config_prefix("/api/v1/index/other.json") is None
