@@ -37,3 +37,27 @@ def start_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
         if code not in (0, -15) or "Traceback" in log:
             problems.append(f"{proxy.workdir.name}: exit code {code}\n{log[-4000:]}")
     assert not problems, "\n".join(problems)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI (RUSTSTASH_REQUIRE_E2E=1) a run whose end-to-end tests were skipped, or that ran none, fails."""
+    import os
+
+    if os.environ.get("RUSTSTASH_REQUIRE_E2E") != "1" or exitstatus != 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    e2e_ran = 0
+    e2e_skipped = []
+    for outcome in ("passed", "skipped"):
+        for report in reporter.stats.get(outcome, []):
+            if "e2e" not in getattr(report, "keywords", {}):
+                continue
+            if outcome == "skipped":
+                e2e_skipped.append(report.nodeid)
+            elif report.when == "call":
+                e2e_ran += 1
+    if e2e_skipped or e2e_ran == 0:
+        reporter.write_line(f"RUSTSTASH_REQUIRE_E2E: {e2e_ran} e2e tests passed, skipped: {e2e_skipped}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
