@@ -6,12 +6,19 @@ from pathlib import Path
 import pytest
 
 from tests.harness import ProxyProcess
+from tests.origins.registry import Registry, build_registry, edge_case_spec, registry_cache_dir
 from tests.origins.tls import OriginTLS, make_origin_tls
 
 
 @pytest.fixture(scope="session")
 def origin_tls(tmp_path_factory: pytest.TempPathFactory) -> OriginTLS:
     return make_origin_tls(tmp_path_factory.mktemp("origin-tls"))
+
+
+@pytest.fixture(scope="session")
+def edge_registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """A small registry of real .crate files exercising cargo's corner cases (see tests/origins/registry.py)."""
+    return build_registry(edge_case_spec(), registry_cache_dir(request.config, tmp_path_factory))
 
 
 class ProxyFactory:

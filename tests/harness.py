@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -118,37 +117,11 @@ class ProxyProcess:
         return records
 
 
-def real_toolchain_bin() -> Path:
-    """The directory of the real cargo/rustc binaries (not rustup's proxies), so client homes can be fresh."""
-    rustup = shutil.which("rustup")
-    if rustup is None:
-        raise RuntimeError("rustup is not on PATH: the end-to-end tests need the real cargo")
-    cargo = subprocess.run([rustup, "which", "cargo"], capture_output=True, text=True, check=True).stdout.strip()
-    return Path(cargo).parent
-
-
-def clean_client_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
-    """A from-scratch environment (like `env -i`): nothing inherited from this machine's CA or proxy settings."""
-    home.mkdir(parents=True, exist_ok=True)
-    env = {
-        "PATH": f"{real_toolchain_bin()}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(home),
-        "CARGO_HOME": str(home / "cargo-home"),
-        "CARGO_TERM_COLOR": "never",
-        "LANG": "C.UTF-8",
+def proxy_client_env(proxy: ProxyProcess) -> dict[str, str]:
+    """What `ruststash env` exports, for a client of `proxy` (added to a clean environment)."""
+    return {
+        "HTTPS_PROXY": proxy.url,
+        "https_proxy": proxy.url,
+        "SSL_CERT_FILE": str(proxy.bundle),
+        "CARGO_HTTP_CAINFO": str(proxy.bundle),
     }
-    env.update(extra)
-    return env
-
-
-def proxy_client_env(home: Path, proxy: ProxyProcess) -> dict[str, str]:
-    """What `ruststash env` exports, for a client of `proxy`."""
-    return clean_client_env(
-        home,
-        {
-            "HTTPS_PROXY": proxy.url,
-            "https_proxy": proxy.url,
-            "SSL_CERT_FILE": str(proxy.bundle),
-            "CARGO_HTTP_CAINFO": str(proxy.bundle),
-        },
-    )

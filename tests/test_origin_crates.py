@@ -3,6 +3,7 @@ cargo (no proxy) resolving, fetching and building against it."""
 
 from __future__ import annotations
 
+import email.message
 import http.client
 import json
 import socket
@@ -33,7 +34,7 @@ from tests.origins.registry import (
     req_matches,
     spec_from_lockfile,
 )
-from tests.origins.tls import OriginTLS, make_origin_tls
+from tests.origins.tls import OriginTLS
 
 WORKLOADS = Path(__file__).resolve().parents[2] / "shared" / "workloads"
 RIPGREP_LOCK = WORKLOADS / "ripgrep.Cargo.lock"
@@ -169,16 +170,6 @@ def test_spec_from_cargo_lockfile_plans() -> None:
 # ------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def origin_tls(tmp_path_factory: pytest.TempPathFactory) -> OriginTLS:
-    return make_origin_tls(tmp_path_factory.mktemp("origin-tls"))
-
-
-@pytest.fixture(scope="session")
-def edge_registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    return build_registry(edge_case_spec(), registry_cache_dir(request.config, tmp_path_factory))
-
-
 @pytest.fixture
 def origin(edge_registry: Registry, origin_tls: OriginTLS) -> Iterator[FakeCratesIo]:
     """A FakeCratesIo whose config.json sends downloads to its own static listener (no proxy)."""
@@ -197,7 +188,7 @@ def _direct_origin(registry: Registry, tls: OriginTLS) -> FakeCratesIo:
 @dataclass
 class Reply:
     status: int
-    headers: http.client.HTTPMessage
+    headers: email.message.Message
     body: bytes
 
 
@@ -326,7 +317,7 @@ def test_fault_truncate_reset_refuse(origin: FakeCratesIo, origin_tls: OriginTLS
     with pytest.raises(http.client.IncompleteRead):
         _get(origin.static_url + path, origin_tls)
     for mode in ("reset", "refuse"):
-        origin.set_fault(path, mode)  # type: ignore[arg-type]
+        origin.set_fault(path, mode)
         with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException, ssl.SSLError)):
             _get(origin.static_url + path, origin_tls)
     assert origin.count_status(path, None) == 3
@@ -460,3 +451,22 @@ def test_cargo_fails_while_origin_stopped(tmp_path: Path, origin: FakeCratesIo, 
     origin.start()
     cargo.run(["generate-lockfile"], project)
     assert locked_versions(project / "Cargo.lock") == {"lexopt": ["0.3.0"]}
+
+
+@pytest.mark.e2e
+def test_cargo_builds_ripgrep_lockfile_registry(
+    tmp_path: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, origin_tls: OriginTLS
+) -> None:
+    registry = build_registry(spec_from_lockfile(RIPGREP_LOCK), registry_cache_dir(request.config, tmp_path_factory))
+    fake = _direct_origin(registry, origin_tls)
+    try:
+        cargo = _sandbox(tmp_path / "sandbox", fake, origin_tls)
+        project = write_consumer(tmp_path / "consumer", registry.consumer_deps())
+        cargo.run(["generate-lockfile"], project)
+        locked = {(n, v) for n, vs in locked_versions(project / "Cargo.lock").items() for v in vs}
+        assert locked == {(c.name, c.vers) for c in registry.crates}, "every lock package is resolved"
+        cargo.run(["fetch"], project)
+        build = cargo.run(["build", "--offline"], project)
+        assert "warning" not in build.stderr.lower(), build.stderr
+    finally:
+        fake.close()

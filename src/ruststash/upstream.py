@@ -106,9 +106,7 @@ class Upstream:
         host = urlsplit(url).netloc
         try:
             async with self._session.get(url, headers=send, allow_redirects=False) as response:
-                body = await response.content.read(MAX_BODY_BYTES + 1)
-                if len(body) > MAX_BODY_BYTES:
-                    raise UpstreamError(f"{host}: body larger than {MAX_BODY_BYTES} bytes")
+                body = await _read_body(response, host)
                 expected = response.content_length
                 if expected is not None and not response.headers.get("content-encoding") and len(body) != expected:
                     raise UpstreamError(f"{host}: body truncated ({len(body)} of {expected} bytes)")
@@ -131,3 +129,15 @@ class Upstream:
             raise UpstreamError(f"{host}: connection closed before a full response") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"{host}: {type(exc).__name__}: {exc}") from exc
+
+
+async def _read_body(response: aiohttp.ClientResponse, host: str) -> bytes:
+    """The whole body, up to MAX_BODY_BYTES (a read returns what has arrived so far, not all of it)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 20):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise UpstreamError(f"{host}: body larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

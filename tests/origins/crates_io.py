@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .registry import PublishedCrate, Registry, index_path
 from .server import BackgroundServer
@@ -127,13 +128,21 @@ class _State:
 
 class FakeCratesIo:
     """A fake crates.io serving `registry` over TLS. `dl` overrides config.json's `dl` (default crates.io's);
-    `{static_url}` in it is replaced by `static_url` (see `DIRECT_DL`).
+    `{static_url}` in it is replaced by `static_url` (see `DIRECT_DL`). `index_cache_control` is what
+    config.json and index files say (crates.io: `public,max-age=600`).
 
     Started on construction; `stop()`/`start()` take both listeners down/up (same ports), `close()` ends it.
     """
 
-    def __init__(self, registry: Registry, tls: OriginTLS, dl: str | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        tls: OriginTLS,
+        dl: str | None = None,
+        index_cache_control: str = INDEX_CACHE_CONTROL,
+    ) -> None:
         self.registry = registry
+        self.index_cache_control = index_cache_control
         self._config = {**DEFAULT_CONFIG, **({"dl": dl} if dl else {})}
         start = time.time() - 3600
         self._state = _State(crates=list(registry.crates))
@@ -282,7 +291,7 @@ class FakeCratesIo:
 
     async def _config_json(self, request: web.Request) -> web.StreamResponse:
         body = json.dumps(self._config).encode()
-        return self._conditional(request, body, "application/json", INDEX_CACHE_CONTROL, time.time() - 3600)
+        return self._conditional(request, body, "application/json", self.index_cache_control, time.time() - 3600)
 
     async def _index_file(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"]
@@ -292,7 +301,7 @@ class FakeCratesIo:
         if not crates or path != path.lower():
             raise web.HTTPNotFound()
         body = b"".join(c.index_line() + b"\n" for c in crates)
-        return self._conditional(request, body, "text/plain", INDEX_CACHE_CONTROL, modified)
+        return self._conditional(request, body, "text/plain", self.index_cache_control, modified)
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         return self._serve_crate(request, request.match_info["name"], request.match_info["version"])
@@ -360,7 +369,7 @@ class FakeCratesIo:
         with self._state.lock:
             self._state.records.append(record)
 
-    def _middleware(self, site: Site) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    def _middleware(self, site: Site) -> Middleware:
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             fault = self._take_fault(site, request.path)
@@ -369,8 +378,9 @@ class FakeCratesIo:
             except web.HTTPException as exc:
                 self._record(site, request, exc.status, fault)
                 raise
-            except _NoResponse:
-                self._record(site, request, None, fault)
+            except _NoResponse as drop:
+                self._record(site, request, None, fault)  # before the client can see the connection go
+                _close(request, rst=drop.rst)
                 raise asyncio.CancelledError() from None
             self._record(site, request, response.status, fault)
             return response
@@ -380,17 +390,12 @@ class FakeCratesIo:
     async def _apply_fault(self, fault: Fault, request: web.Request, handler: Handler) -> web.StreamResponse:
         if fault.mode in ("status_500", "status_503"):
             return web.Response(status=int(fault.mode[-3:]), text="fault injected\n")
-        if fault.mode == "refuse":
-            _close(request, rst=False)
-            raise _NoResponse()
-        if fault.mode == "reset":
-            _close(request, rst=True)
-            raise _NoResponse()
+        if fault.mode in ("refuse", "reset"):
+            raise _NoResponse(rst=fault.mode == "reset")
         if fault.mode == "hang":
             release, deadline = self._hang_release, time.monotonic() + fault.hang_max
             while not release.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110 (threading.Event)
                 await asyncio.sleep(0.05)
-            _close(request, rst=False)
             raise _NoResponse()
         if fault.mode == "slow_headers":
             await asyncio.sleep(fault.delay)
@@ -407,7 +412,6 @@ class FakeCratesIo:
         await stream.prepare(request)
         if fault.mode == "truncate":
             await stream.write(body[: len(body) // 2])
-            _close(request, rst=False)
             raise _NoResponse()
         for start in range(0, len(body), fault.chunk):  # trickle
             await stream.write(body[start : start + fault.chunk])
@@ -417,7 +421,11 @@ class FakeCratesIo:
 
 
 class _NoResponse(Exception):
-    """The fault dropped the connection: there is no response to return."""
+    """The fault drops the connection (with a TCP RST if `rst`): there is no response to return."""
+
+    def __init__(self, rst: bool = False) -> None:
+        super().__init__()
+        self.rst = rst
 
 
 def _close(request: web.Request, *, rst: bool) -> None:

@@ -66,7 +66,7 @@ class BackgroundServer:
         """Stop listening and drop open connections: clients now get "connection refused"."""
         runner, self._runner = self._runner, None
         if runner is not None:
-            self.call(runner.cleanup)
+            self.call(lambda: _cleanup(runner))
 
     def close(self) -> None:
         self.stop()
@@ -74,3 +74,15 @@ class BackgroundServer:
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+async def _cleanup(runner: web.AppRunner) -> None:
+    """Shut the runner down, then abort connections a client still holds open (keep-alive, hung requests):
+    a TLS transport's graceful close waits for the peer's close_notify, which a pooled client never sends."""
+    server = runner.server
+    transports = [h.transport for h in server.connections] if server is not None else []
+    await runner.cleanup()
+    for transport in transports:
+        if transport is not None:
+            transport.abort()
+    await asyncio.sleep(0)

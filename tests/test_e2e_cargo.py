@@ -1,0 +1,198 @@
+"""The real cargo through a running ruststash against a local fake crates.io: cold, warm, offline, corrupt.
+
+Each cargo run has a fresh HOME and CARGO_HOME and an environment built from scratch; cargo reaches the
+origin only through the proxy (HTTPS_PROXY), with no registry configuration at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ProxyFactory
+from tests.harness import ProxyProcess, proxy_client_env
+from tests.origins.clients import CargoSandbox, clean_env, locked_versions, write_consumer
+from tests.origins.crates_io import FakeCratesIo, corrupted
+from tests.origins.registry import Registry
+from tests.origins.tls import OriginTLS
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def crates_origin(edge_registry: Registry, origin_tls: OriginTLS) -> Iterator[FakeCratesIo]:
+    """A fake crates.io whose config.json names the real `static.crates.io` (as crates.io's does)."""
+    origin = FakeCratesIo(edge_registry, origin_tls)
+    yield origin
+    origin.close()
+
+
+def upstream_args(origin: FakeCratesIo, tls: OriginTLS) -> list[str]:
+    return [
+        "--upstream",
+        f"index.crates.io={origin.index_url}",
+        "--upstream",
+        f"static.crates.io={origin.static_url}",
+        "--upstream-ca",
+        str(tls.ca_pem),
+    ]
+
+
+def sandbox(root: Path, proxy: ProxyProcess) -> CargoSandbox:
+    return CargoSandbox(root, env_extra=proxy_client_env(proxy))
+
+
+def consumer(root: Path, registry: Registry) -> Path:
+    return write_consumer(root / "project", registry.consumer_deps())
+
+
+def generate_fetch_build(box: CargoSandbox, project: Path) -> None:
+    box.run(["generate-lockfile"], project)
+    box.run(["fetch"], project)
+    box.run(["build", "--offline"], project)
+
+
+def crate_downloads(origin: FakeCratesIo) -> list[str]:
+    return [r.path for r in origin.records("static") if r.status == 200]
+
+
+def index_bodies_sent(origin: FakeCratesIo) -> list[str]:
+    return [r.path for r in origin.records("index") if r.status == 200]
+
+
+def outcomes(proxy: ProxyProcess, since: int = 0) -> dict[str, set[str]]:
+    """outcome -> paths, from the proxy's per-request log lines after the first `since` lines."""
+    result: dict[str, set[str]] = {}
+    for record in proxy.access()[since:]:
+        result.setdefault(record["outcome"], set()).add(record["path"])
+    return result
+
+
+def test_cold_warm_and_offline(
+    tmp_path: Path, start_proxy: ProxyFactory, crates_origin: FakeCratesIo, origin_tls: OriginTLS
+) -> None:
+    registry = crates_origin.registry
+    proxy = start_proxy(upstream_args(crates_origin, origin_tls))
+    project = consumer(tmp_path, registry)
+
+    # Cold: everything comes from upstream, each body exactly once.
+    generate_fetch_build(sandbox(tmp_path / "cold", proxy), project)
+    lock = locked_versions(project / "Cargo.lock")
+    assert "1.12.0" not in lock["regex"], "the yanked regex 1.12.0 must not be picked"
+    downloads = crate_downloads(crates_origin)
+    assert downloads, "cold run fetched no crate from upstream"
+    assert len(downloads) == len(set(downloads)), f"a crate was downloaded twice: {sorted(downloads)}"
+    bodies = index_bodies_sent(crates_origin)
+    assert len(bodies) == len(set(bodies)), f"an index file was sent twice: {sorted(bodies)}"
+    fetched_crates = {(name, vers) for name, versions in lock.items() for vers in versions}
+    assert len(downloads) == len(fetched_crates)
+    cold = outcomes(proxy)
+    assert "/config.json" in cold["MISS"]
+    assert not cold.get("ERROR"), cold.get("ERROR")
+
+    # Warm, new CARGO_HOME: no crate downloaded again, no index body sent again (only HIT or revalidation).
+    crates_origin.reset_counts()
+    seen = len(proxy.access())
+    (project / "Cargo.lock").unlink()
+    generate_fetch_build(sandbox(tmp_path / "warm", proxy), project)
+    assert crate_downloads(crates_origin) == []
+    assert index_bodies_sent(crates_origin) == []
+    warm = outcomes(proxy, seen)
+    assert set(warm) <= {"HIT", "REVALIDATED"}, warm
+    assert len(warm["HIT"]) >= len(fetched_crates)
+    assert locked_versions(project / "Cargo.lock") == lock
+
+    # Upstream gone: the same from cache alone, in another new CARGO_HOME.
+    crates_origin.stop()
+    seen = len(proxy.access())
+    (project / "Cargo.lock").unlink()
+    generate_fetch_build(sandbox(tmp_path / "offline", proxy), project)
+    offline = outcomes(proxy, seen)
+    assert set(offline) <= {"HIT", "STALE"}, offline
+    assert crates_origin.records() == [], "the stopped origin was reached"
+    assert locked_versions(project / "Cargo.lock") == lock
+
+
+def test_stale_index_files_are_revalidated_and_client_validators_get_304(
+    tmp_path: Path, start_proxy: ProxyFactory, edge_registry: Registry, origin_tls: OriginTLS
+) -> None:
+    # An origin that lets nothing stay fresh, so every index request is revalidated upstream.
+    origin = FakeCratesIo(edge_registry, origin_tls, index_cache_control="public,max-age=0")
+    try:
+        proxy = start_proxy(upstream_args(origin, origin_tls))
+        project = consumer(tmp_path, edge_registry)
+        box = sandbox(tmp_path / "a", proxy)
+        box.run(["generate-lockfile"], project)
+        first_bodies = index_bodies_sent(origin)
+
+        origin.reset_counts()
+        seen = len(proxy.access())
+        box.run(["generate-lockfile"], project)  # same CARGO_HOME: cargo sends If-None-Match
+        again = proxy.access()[seen:]
+        index_records = [r for r in again if r["path"] != "/config.json"]
+        assert index_records and all(r["outcome"] == "REVALIDATED" for r in index_records), index_records
+        assert all(r["status"] == "304" for r in index_records), "cargo's own copy is current: 304"
+        assert index_bodies_sent(origin) == []
+        assert {r.status for r in origin.records("index")} == {304}
+        assert first_bodies
+
+        # Upstream gone while every copy is stale: served from cache, marked STALE, in a new CARGO_HOME.
+        origin.stop()
+        seen = len(proxy.access())
+        (project / "Cargo.lock").unlink()
+        sandbox(tmp_path / "b", proxy).run(["generate-lockfile"], project)
+        assert {r["outcome"] for r in proxy.access()[seen:]} == {"STALE"}
+    finally:
+        origin.close()
+
+
+def test_corrupted_crate_is_refused_and_not_stored(
+    tmp_path: Path, start_proxy: ProxyFactory, crates_origin: FakeCratesIo, origin_tls: OriginTLS
+) -> None:
+    registry = crates_origin.registry
+    victim = registry.get("memchr", max(c.vers for c in registry.versions("memchr")))
+    crates_origin.corrupt_crate(victim.name, victim.vers)
+    proxy = start_proxy(upstream_args(crates_origin, origin_tls))
+    project = consumer(tmp_path, registry)
+    box = sandbox(tmp_path / "a", proxy)
+    box.run(["generate-lockfile"], project)
+    assert victim.vers in locked_versions(project / "Cargo.lock")["memchr"]
+
+    result = box.run(["fetch"], project, check=False, extra_env={"CARGO_NET_RETRY": "0"})
+    assert result.returncode != 0
+    assert "got 502" in result.stderr
+    assert f"memchr {victim.vers}: the download's sha256" in result.stderr
+    assert "is not the registry's cksum" in result.stderr
+    bad_digest = hashlib.sha256(corrupted(victim.data)).hexdigest()
+    assert not list(proxy.cache_dir.rglob(bad_digest)), "the corrupt body was stored"
+
+    # Upstream fixed: the next run fetches the crate again (nothing was stored) and succeeds.
+    crates_origin.restore()
+    box.run(["fetch"], project)
+    box.run(["build", "--offline"], project)
+    assert list(proxy.cache_dir.rglob(victim.cksum)), "the good body is stored under its sha256"
+    assert crates_origin.count_status(victim.download_path, 200) >= 2
+
+
+def test_ruststash_env_is_all_cargo_needs(
+    tmp_path: Path, start_proxy: ProxyFactory, crates_origin: FakeCratesIo, origin_tls: OriginTLS
+) -> None:
+    proxy = start_proxy(upstream_args(crates_origin, origin_tls))
+    project = consumer(tmp_path, crates_origin.registry)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = clean_env(home, tmp_path / "cargo-home")  # PATH, HOME, CARGO_HOME: nothing about TLS or proxies
+    script = (
+        f'eval "$({sys.executable} -m ruststash env --listen 127.0.0.1:{proxy.port} --data-dir {proxy.data_dir})" '
+        "&& cargo generate-lockfile && cargo fetch && cargo build --offline"
+    )
+    result = subprocess.run(
+        ["/bin/sh", "-c", script], cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert crate_downloads(crates_origin), "cargo did not go through the proxy to the origin"
