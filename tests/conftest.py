@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import ProxyProcess
+from tests.origins.crates_io import FakeCratesIo
 from tests.origins.registry import Registry, build_registry, edge_case_spec, registry_cache_dir
 from tests.origins.tls import OriginTLS, make_origin_tls
 
@@ -19,6 +20,14 @@ def origin_tls(tmp_path_factory: pytest.TempPathFactory) -> OriginTLS:
 def edge_registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """A small registry of real .crate files exercising cargo's corner cases (see tests/origins/registry.py)."""
     return build_registry(edge_case_spec(), registry_cache_dir(request.config, tmp_path_factory))
+
+
+@pytest.fixture
+def crates_origin(edge_registry: Registry, origin_tls: OriginTLS) -> Iterator[FakeCratesIo]:
+    """A fake crates.io whose config.json names the real `static.crates.io` (as crates.io's does)."""
+    origin = FakeCratesIo(edge_registry, origin_tls)
+    yield origin
+    origin.close()
 
 
 class ProxyFactory:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,6 @@ from tests.origins.registry import Registry
 from tests.origins.tls import OriginTLS
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def crates_origin(edge_registry: Registry, origin_tls: OriginTLS) -> Iterator[FakeCratesIo]:
-    """A fake crates.io whose config.json names the real `static.crates.io` (as crates.io's does)."""
-    origin = FakeCratesIo(edge_registry, origin_tls)
-    yield origin
-    origin.close()
 
 
 def upstream_args(origin: FakeCratesIo, tls: OriginTLS) -> list[str]:
