@@ -72,7 +72,6 @@ def test_index_path(name: str, path: str) -> None:
         ("GET", "static.crates.io", "/crates/serde/other-1.0.0.crate", Kind.PASS, ""),
         ("GET", "static.crates.io", "/crates/" + "a" * 65 + "/1.0.0/download", Kind.PASS, ""),
         ("GET", "static.crates.io", "/crates/-bad/1.0.0/download", Kind.PASS, ""),
-        ("GET", "static.rust-lang.org", "/dist/channel-rust-stable.toml", Kind.PASS, ""),
     ],
 )
 def test_classify(method: str, host: str, path: str, kind: Kind, key: str | None) -> None:
@@ -126,3 +125,74 @@ def test_config_prefix() -> None:
     assert config_prefix("/config.json") == ""
     assert config_prefix("/api/v1/index/config.json") == "/api/v1/index"
     assert config_prefix("/api/v1/index/other.json") is None
+
+
+SRL = "static.rust-lang.org"
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "key", "rule", "min_lifetime"),
+    [
+        (
+            "/dist/channel-rust-stable.toml",
+            Kind.MANIFEST,
+            "manifest:" + SRL + "/dist/channel-rust-stable.toml",
+            Rule.REVALIDATE,
+            0,
+        ),
+        (
+            "/dist/channel-rust-stable.toml.sha256",
+            Kind.MANIFEST_SHA256,
+            "manifest:" + SRL + "/dist/channel-rust-stable.toml",
+            Rule.REVALIDATE,
+            0,
+        ),
+        ("/dist/channel-rust-nightly.toml", Kind.MANIFEST, None, Rule.REVALIDATE, 0),
+        ("/dist/channel-rust-1.95.toml", Kind.MANIFEST, None, Rule.REVALIDATE, 0),
+        ("/dist/channel-rust-1.95.0.toml", Kind.MANIFEST, None, Rule.REVALIDATE, 86400),
+        ("/dist/channel-rust-1.95.0.toml.sha256", Kind.MANIFEST_SHA256, None, Rule.REVALIDATE, 86400),
+        ("/dist/2026-05-01/channel-rust-nightly.toml", Kind.MANIFEST, None, Rule.IMMUTABLE, 86400),
+        (
+            "/dist/2026-05-01/channel-rust-nightly.toml.sha256",
+            Kind.MANIFEST_SHA256,
+            "manifest:" + SRL + "/dist/2026-05-01/channel-rust-nightly.toml",
+            Rule.IMMUTABLE,
+            86400,
+        ),
+        ("/dist/channel-rust-stable.toml.asc", Kind.DIST_FILE, None, Rule.REVALIDATE, 0),
+        (
+            "/dist/2026-04-14/rustc-1.95.0-x86_64-unknown-linux-gnu.tar.xz",
+            Kind.ARCHIVE,
+            "archive:" + SRL + "/dist/2026-04-14/rustc-1.95.0-x86_64-unknown-linux-gnu.tar.xz",
+            Rule.IMMUTABLE,
+            0,
+        ),
+        ("/dist/2026-04-14/rust-std-1.95.0-wasm32-unknown-unknown.tar.gz", Kind.ARCHIVE, None, Rule.IMMUTABLE, 0),
+        (
+            "/dist/2026-04-14/rustc-1.95.0-x86_64-unknown-linux-gnu.tar.xz.sha256",
+            Kind.DIST_FILE,
+            None,
+            Rule.IMMUTABLE,
+            0,
+        ),
+        ("/rustup/release-stable.toml", Kind.DIST_FILE, None, Rule.REVALIDATE, 0),
+        ("/rustup/dist/x86_64-unknown-linux-gnu/rustup-init", Kind.DIST_FILE, None, Rule.REVALIDATE, 0),
+        ("/rustup/dist/x86_64-pc-windows-msvc/rustup-init.exe.sha256", Kind.DIST_FILE, None, Rule.REVALIDATE, 0),
+        ("/rustup/archive/1.29.0/x86_64-unknown-linux-gnu/rustup-init", Kind.ARCHIVE, None, Rule.IMMUTABLE, 0),
+        ("/rustup/archive/1.29.0/x86_64-unknown-linux-gnu/rustup-init.sha256", Kind.DIST_FILE, None, Rule.IMMUTABLE, 0),
+        ("/dist/channel-rust-stable.toml?x=1", Kind.PASS, None, Rule.NONE, 0),
+        ("/dist/2026-4-14/rustc.tar.xz", Kind.PASS, None, Rule.NONE, 0),
+        ("/dist/../etc/passwd", Kind.PASS, None, Rule.NONE, 0),
+        ("/dist/2026-04-14/../../x.tar.xz", Kind.PASS, None, Rule.NONE, 0),
+        ("/rustup/dist/x86_64-unknown-linux-gnu/other", Kind.PASS, None, Rule.NONE, 0),
+        ("/dist/channel-rust-stable.txt", Kind.PASS, None, Rule.NONE, 0),
+    ],
+)
+def test_classify_rustup(path: str, kind: Kind, key: str | None, rule: Rule, min_lifetime: float) -> None:
+    decision = classify("GET", SRL, path, REGISTRIES)
+    assert (decision.kind, decision.rule, decision.min_lifetime) == (kind, rule, min_lifetime)
+    if key is not None:
+        assert decision.key == key
+    if kind in (Kind.MANIFEST, Kind.MANIFEST_SHA256):
+        assert decision.manifest is not None
+        assert decision.manifest.sha256_path == decision.manifest.toml_path + ".sha256"

@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 
 from .access_log import log_request
+from .blobserver import BlobServer
 from .policy import Kind
-from .service import CacheService, ClientRequest, Outcome, Reply, error_reply
+from .replies import ClientRequest, Outcome, Reply, error_reply
+from .service import CacheService
 from .upstream import UpstreamMap
 
 logger = logging.getLogger(__name__)
 
-_PASS_MARK = "ruststash_pass"
+_MARK = "ruststash"
+
+
+@dataclass(frozen=True)
+class _Forwarded:
+    """A flow mitmproxy forwards itself: PASS to the origin, or a streamed reply from the blob server."""
+
+    outcome: Outcome
+    host: str
+    path: str
+    size: int | None = None
+    note: str = ""
 
 
 def client_request(flow: http.HTTPFlow) -> ClientRequest:
@@ -55,9 +69,10 @@ def make_response(reply: Reply) -> http.Response:
 
 
 class RuststashAddon:
-    def __init__(self, service: CacheService, upstream_map: UpstreamMap) -> None:
+    def __init__(self, service: CacheService, upstream_map: UpstreamMap, blobs: BlobServer) -> None:
         self.service = service
         self.upstream_map = upstream_map
+        self.blobs = blobs
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -72,6 +87,9 @@ class RuststashAddon:
         except Exception as exc:  # nothing escapes a hook: a bug becomes a 500 and one log line
             logger.exception("internal error handling %s", request.url)
             reply = error_reply(500, f"internal error: {type(exc).__name__}")
+        if reply.streamed:
+            self._stream(flow, request, reply)
+            return
         flow.response = make_response(reply)
         log_request(
             method=request.method,
@@ -84,11 +102,19 @@ class RuststashAddon:
             note=reply.note,
         )
 
+    def _stream(self, flow: http.HTTPFlow, request: ClientRequest, reply: Reply) -> None:
+        """Point the flow at the loopback blob server; mitmproxy then streams the body to the client."""
+        flow.metadata[_MARK] = _Forwarded(reply.outcome, request.host, request.path, reply.size, reply.note)
+        flow.request.scheme = "http"
+        flow.request.host = "127.0.0.1"
+        flow.request.port = self.blobs.port
+        flow.request.path = self.blobs.issue(reply)
+
     def _forward(self, flow: http.HTTPFlow, request: ClientRequest) -> None:
         """Let mitmproxy forward a request it intercepted but we do not cache, to the mapped origin."""
         if not self.service.is_cached_host(request.host, request.port):
             return
-        flow.metadata[_PASS_MARK] = True
+        flow.metadata[_MARK] = _Forwarded(Outcome.PASS, request.host, request.path)
         origin = self.upstream_map.origins(request.scheme, request.host, request.port)[0]
         if (origin.scheme, origin.host, origin.port) != (request.scheme, request.host, request.port):
             flow.request.scheme = origin.scheme
@@ -97,27 +123,38 @@ class RuststashAddon:
         if origin.path_prefix:
             flow.request.path = origin.path_prefix + flow.request.path
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        if not flow.metadata.get(_PASS_MARK) or flow.response is None:
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        forwarded = flow.metadata.get(_MARK)
+        if forwarded is None or flow.response is None:
             return
-        flow.response.headers["x-cache"] = Outcome.PASS.value
+        flow.response.stream = True
+        if forwarded.outcome is Outcome.PASS:
+            flow.response.headers["x-cache"] = Outcome.PASS.value
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        forwarded = flow.metadata.get(_MARK)
+        if forwarded is None or flow.response is None:
+            return
+        length = flow.response.headers.get("content-length", "")
         log_request(
             method=flow.request.method,
-            host=flow.request.pretty_host,
-            path=flow.request.path,
-            outcome=Outcome.PASS.value,
+            host=forwarded.host,
+            path=forwarded.path,
+            outcome=flow.response.headers.get("x-cache", forwarded.outcome.value),
             status=flow.response.status_code,
-            size=len(flow.response.raw_content or b""),
+            size=int(length) if length.isdigit() else (forwarded.size or 0),
             seconds=time.time() - flow.request.timestamp_start,
+            note=forwarded.note,
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if not flow.metadata.get(_PASS_MARK) or flow.error is None:
+        forwarded = flow.metadata.get(_MARK)
+        if forwarded is None or flow.error is None:
             return
         log_request(
             method=flow.request.method,
-            host=flow.request.pretty_host,
-            path=flow.request.path,
+            host=forwarded.host,
+            path=forwarded.path,
             outcome=Outcome.ERROR.value,
             status=None,
             size=0,

@@ -1,5 +1,10 @@
 """Which URL is which kind, its cache key and its freshness rule. Pure: no I/O, no clock.
 
+Facts (rustup 1.29, static.rust-lang.org): rustup fetches `dist/channel-rust-{channel}.toml.sha256`, then the
+`.toml`, then archives under `dist/YYYY-MM-DD/` whose sha256 the manifest gives; dated directories never
+change. Pinned toolchains use `channel-rust-1.95.0.toml`, `channel-rust-1.95.toml` or
+`dist/2026-05-01/channel-rust-nightly.toml`. Self-update reads `rustup/release-stable.toml`.
+
 Facts (cargo 1.95, crates.io): sparse index files live at `1/a`, `2/ab`, `3/a/abc`, `ab/cd/abcd` below the
 index root, lowercase; cargo fetches `config.json` there first and learns the download URL (`dl`) from it;
 crates.io's downloads are `static.crates.io/crates/{name}/{version}/download` (name in its original case) and
@@ -21,12 +26,31 @@ _INDEX_FILE = re.compile(
     r"|3/(?P<c3>[a-z0-9_-])/(?P<n3>[a-z0-9_-]{3})|(?P<a>[a-z0-9_-]{2})/(?P<b>[a-z0-9_-]{2})/(?P<n4>[a-z0-9_-]{4,64}))$"
 )
 _CONFIG_JSON = re.compile(r"^(?P<prefix>(?:/[A-Za-z0-9._~-]+)*)/config\.json$")
+_DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+_CHANNEL = r"(?:stable|beta|nightly|[0-9]+\.[0-9]+(?:\.[0-9]+)?(?:-beta(?:\.[0-9]+)?)?)"
+_MANIFEST = re.compile(
+    rf"^/dist/(?:(?P<date>{_DATE})/)?channel-rust-(?P<channel>{_CHANNEL})\.toml(?P<ext>\.sha256|\.asc)?$"
+)
+_DATED_FILE = re.compile(rf"^/dist/{_DATE}/[A-Za-z0-9][A-Za-z0-9._+-]{{0,200}}$")
+_ARCHIVE_SUFFIX = re.compile(r"\.(?:tar\.(?:gz|xz|zst)|zip|msi|pkg|exe)$")
+_TRIPLE = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,80}"
+_RUSTUP_RELEASE = re.compile(r"^/rustup/release-(?:stable|beta)\.toml$")
+_RUSTUP_INIT = re.compile(rf"^/rustup/dist/{_TRIPLE}/rustup-init(?:\.exe)?(?P<ext>\.sha256)?$")
+_RUSTUP_ARCHIVE = re.compile(
+    rf"^/rustup/archive/[0-9][0-9A-Za-z.+-]{{0,40}}/{_TRIPLE}/rustup-init(?:\.exe)?(?P<ext>\.sha256)?$"
+)
+# A manifest naming one exact release (1.95.0) or one date never changes once published.
+PINNED_MANIFEST_LIFETIME = 86400.0
 
 
 class Kind(StrEnum):
     CONFIG = "config"  # a sparse registry's config.json
     INDEX = "index"  # a sparse index file
     CRATE = "crate"  # a .crate download
+    MANIFEST = "manifest"  # a rustup channel manifest (.toml)
+    MANIFEST_SHA256 = "manifest_sha256"  # its .sha256: served from the same stored pair
+    DIST_FILE = "dist"  # other small static.rust-lang.org files (.asc, release-stable.toml, rustup-init)
+    ARCHIVE = "archive"  # toolchain archives and rustup-init releases: large, immutable, streamed
     PASS = "pass"  # forwarded untouched
 
 
@@ -51,11 +75,30 @@ class CrateRef:
 
 
 @dataclass(frozen=True)
+class ManifestRef:
+    """A channel manifest and its .sha256, which are stored and served as one pair."""
+
+    toml_path: str  # /dist/channel-rust-stable.toml
+
+    @property
+    def sha256_path(self) -> str:
+        return self.toml_path + ".sha256"
+
+    @property
+    def file_name(self) -> str:
+        return self.toml_path.rsplit("/", 1)[1]
+
+
+@dataclass(frozen=True)
 class Decision:
     kind: Kind
     key: str = ""
     rule: Rule = Rule.NONE
     crate: CrateRef | None = None
+    manifest: ManifestRef | None = None
+    # For REVALIDATE kinds: the shortest time a stored copy counts as fresh, whatever upstream says
+    # (a manifest for one exact release such as 1.95.0 never changes in practice).
+    min_lifetime: float = 0.0
 
 
 PASS = Decision(Kind.PASS)
@@ -146,6 +189,8 @@ def classify(method: str, host: str, path: str, registries: tuple[Registry, ...]
                 return _crate_decision(registry.crate_ref(m.group("crate"), m.group("version")))
     if host == "crates.io" and (m := _CRATES_IO_API_DOWNLOAD.match(path)):
         return _crate_decision(CRATES_IO.crate_ref(m.group("crate"), m.group("version")))
+    if path.startswith(("/dist/", "/rustup/")):
+        return _rust_dist(host, path)
     if _CONFIG_JSON.match(path):
         return Decision(Kind.CONFIG, f"{Kind.CONFIG}:{host}{path}", Rule.REVALIDATE)
     if (m := _INDEX_FILE.match(path)) and _index_name_consistent(m):
@@ -158,6 +203,32 @@ def _plain_path(path: str) -> bool:
     if not path.startswith("/") or any(c in path for c in "?#%\\") or "//" in path:
         return False
     return all(segment not in (".", "..") for segment in path.split("/"))
+
+
+def _rust_dist(host: str, path: str) -> Decision:
+    if m := _MANIFEST.match(path):
+        toml_path = path.removesuffix(m.group("ext") or "")
+        pinned = m.group("date") is not None or m.group("channel").count(".") == 2
+        if m.group("ext") == ".asc":
+            return Decision(Kind.DIST_FILE, f"{Kind.DIST_FILE}:{host}{path}", Rule.REVALIDATE)
+        kind = Kind.MANIFEST_SHA256 if m.group("ext") else Kind.MANIFEST
+        return Decision(
+            kind,
+            f"{Kind.MANIFEST}:{host}{toml_path}",
+            Rule.IMMUTABLE if m.group("date") else Rule.REVALIDATE,
+            manifest=ManifestRef(toml_path),
+            min_lifetime=PINNED_MANIFEST_LIFETIME if pinned else 0.0,
+        )
+    if _DATED_FILE.match(path):
+        if _ARCHIVE_SUFFIX.search(path):
+            return Decision(Kind.ARCHIVE, f"{Kind.ARCHIVE}:{host}{path}", Rule.IMMUTABLE)
+        return Decision(Kind.DIST_FILE, f"{Kind.DIST_FILE}:{host}{path}", Rule.IMMUTABLE)
+    if m := _RUSTUP_ARCHIVE.match(path):
+        kind = Kind.DIST_FILE if m.group("ext") else Kind.ARCHIVE
+        return Decision(kind, f"{kind}:{host}{path}", Rule.IMMUTABLE)
+    if _RUSTUP_INIT.match(path) or _RUSTUP_RELEASE.match(path):
+        return Decision(Kind.DIST_FILE, f"{Kind.DIST_FILE}:{host}{path}", Rule.REVALIDATE)
+    return PASS
 
 
 def _crate_decision(crate: CrateRef) -> Decision:

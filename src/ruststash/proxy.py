@@ -19,6 +19,7 @@ from mitmproxy.utils import asyncio_utils
 from . import __version__, ca
 from .addon import RuststashAddon
 from .admin import start_admin
+from .blobserver import BlobServer
 from .errors import StartupError
 from .service import CacheService
 from .settings import HostPort, Settings
@@ -71,6 +72,16 @@ async def running_service(settings: Settings) -> AsyncIterator[tuple[CacheServic
         await asyncio.to_thread(store.close)
 
 
+@contextlib.asynccontextmanager
+async def serving_blobs() -> AsyncIterator[BlobServer]:
+    blobs = BlobServer()
+    await blobs.start()
+    try:
+        yield blobs
+    finally:
+        await blobs.close()
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM. Raises StartupError/ConfigError before serving if something is wrong."""
     files = ca.ensure_ca(settings.data_dir)
@@ -79,7 +90,7 @@ async def serve(settings: Settings) -> None:
     check_port_free(settings.listen, "--listen")
     check_port_free(settings.admin_listen, "--admin-listen")
 
-    async with running_service(settings) as (service, upstream_map):
+    async with running_service(settings) as (service, upstream_map), serving_blobs() as blobs:
         master = Master(options.Options(), with_termlog=False)
         master.addons.add(
             core.Core(),
@@ -87,7 +98,7 @@ async def serve(settings: Settings) -> None:
             proxyserver.Proxyserver(),
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
-            RuststashAddon(service, upstream_map),
+            RuststashAddon(service, upstream_map, blobs),
         )
         master.options.update(**mitmproxy_options(settings))
         loop = asyncio.get_running_loop()

@@ -63,6 +63,10 @@ class BlobWriter:
         self._hash.update(data)
         self.size += len(data)
 
+    def write_all(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
     @property
     def digest(self) -> str:
         return self._hash.hexdigest()
@@ -179,6 +183,18 @@ class Store:
 
     def delete(self, key: str) -> None:
         self._index.delete(key)
+
+    # Small facts learned from stored bodies (the sha256 a manifest gives each archive), under `meta:` keys
+    # that never collide with entry keys (those start with a kind).
+
+    def put_meta(self, values: dict[str, str]) -> None:
+        with self._index.transact():
+            for key, value in values.items():
+                self._index.set(f"meta:{key}", value)
+
+    def get_meta(self, key: str) -> str | None:
+        value = self._index.get(f"meta:{key}")
+        return value if isinstance(value, str) else None
 
 
 def _fsync_dir(path: Path) -> None:

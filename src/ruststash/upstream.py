@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -79,56 +81,100 @@ class Upstream:
             await self._session.close()
 
     async def get(self, url: str, headers: dict[str, str]) -> UpstreamResponse:
-        """GET `url` from the first of its origins that answers; 3xx are followed (through the same mapping).
+        """GET `url` whole from the first of its origins that answers; 3xx are followed (through the same
+        mapping). Raises UpstreamError when no origin gave a complete response."""
+        async with self.stream(url, headers) as response:
+            host = urlsplit(response.url).netloc
+            with _mapped_errors(host):
+                body = await _read_body(response.raw, host)
+            return UpstreamResponse(response.status, response.headers, body, response.url)
 
-        Raises UpstreamError when no origin gave a complete response."""
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str, headers: dict[str, str]) -> AsyncIterator[StreamingResponse]:
+        """Open `url` and yield once the response headers are in; the body is read by the caller through
+        `chunks()`. Origins are tried in order until one answers (any HTTP status counts as an answer)."""
         errors: list[str] = []
+        status = 502
         for candidate in self.mapping.urls(url):
             try:
-                return await self._get_following(candidate, headers)
+                response = await self._open_following(candidate, headers)
             except UpstreamError as exc:
                 errors.append(exc.reason)
-                last = exc
-        raise UpstreamError("; ".join(errors), last.status)
+                status = exc.status
+                continue
+            try:
+                yield response
+            finally:
+                response.raw.release()
+            return
+        raise UpstreamError("; ".join(errors), status)
 
-    async def _get_following(self, url: str, headers: dict[str, str]) -> UpstreamResponse:
+    async def _open_following(self, url: str, headers: dict[str, str]) -> StreamingResponse:
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self._get_once(url, headers)
-            location = response.header("location")
+            response = await self._open_once(url, headers)
+            location = response.headers_dict().get("location")
             if response.status not in (301, 302, 303, 307, 308) or not location:
                 return response
+            response.raw.release()
             url = self.mapping.urls(urljoin(url, location))[0]
         raise UpstreamError(f"too many redirects from {url}")
 
-    async def _get_once(self, url: str, headers: dict[str, str]) -> UpstreamResponse:
+    async def _open_once(self, url: str, headers: dict[str, str]) -> StreamingResponse:
         assert self._session is not None, "Upstream.start() was not called"
         send = {"user-agent": self._user_agent, **headers}
-        host = urlsplit(url).netloc
-        try:
-            async with self._session.get(url, headers=send, allow_redirects=False) as response:
-                body = await _read_body(response, host)
-                expected = response.content_length
-                if expected is not None and not response.headers.get("content-encoding") and len(body) != expected:
-                    raise UpstreamError(f"{host}: body truncated ({len(body)} of {expected} bytes)")
-                return UpstreamResponse(response.status, tuple(response.headers.items()), body, url)
-        except UpstreamError:
-            raise
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise UpstreamError(f"{host}: TLS certificate not trusted ({exc.certificate_error})") from exc
-        except aiohttp.ClientSSLError as exc:
-            raise UpstreamError(f"{host}: TLS error ({exc})") from exc
-        except aiohttp.ClientConnectorDNSError as exc:
-            raise UpstreamError(f"{host}: DNS lookup failed") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(f"{host}: cannot connect ({exc.os_error.strerror or exc.os_error})") from exc
-        except TimeoutError as exc:
-            raise UpstreamError(f"{host}: timed out", 504) from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamError(f"{host}: body cut short ({exc})") from exc
-        except aiohttp.ServerDisconnectedError as exc:
-            raise UpstreamError(f"{host}: connection closed before a full response") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"{host}: {type(exc).__name__}: {exc}") from exc
+        with _mapped_errors(urlsplit(url).netloc):
+            raw = await self._session.get(url, headers=send, allow_redirects=False)
+        return StreamingResponse(raw, url)
+
+
+class StreamingResponse:
+    """An upstream response whose headers are in and whose body is still to be read."""
+
+    def __init__(self, raw: aiohttp.ClientResponse, url: str) -> None:
+        self.raw = raw
+        self.url = url
+        self.status = raw.status
+        self.headers = tuple(raw.headers.items())
+        self.content_length = raw.content_length if not raw.headers.get("content-encoding") else None
+
+    def headers_dict(self) -> dict[str, str]:
+        return {k.lower(): v for k, v in self.headers}
+
+    async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The body in chunks; raises UpstreamError if it breaks off or is shorter than Content-Length."""
+        host = urlsplit(self.url).netloc
+        received = 0
+        with _mapped_errors(host):
+            async for chunk in self.raw.content.iter_chunked(size):
+                received += len(chunk)
+                yield chunk
+        if self.content_length is not None and received != self.content_length:
+            raise UpstreamError(f"{host}: body truncated ({received} of {self.content_length} bytes)")
+
+
+@contextlib.contextmanager
+def _mapped_errors(host: str) -> Iterator[None]:
+    """aiohttp's exceptions become UpstreamError with a one-line reason (and 504 for timeouts)."""
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise UpstreamError(f"{host}: TLS certificate not trusted ({exc.certificate_error})") from exc
+    except aiohttp.ClientSSLError as exc:
+        raise UpstreamError(f"{host}: TLS error ({exc})") from exc
+    except aiohttp.ClientConnectorDNSError as exc:
+        raise UpstreamError(f"{host}: DNS lookup failed") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamError(f"{host}: cannot connect ({exc.os_error.strerror or exc.os_error})") from exc
+    except TimeoutError as exc:
+        raise UpstreamError(f"{host}: timed out", 504) from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise UpstreamError(f"{host}: body cut short ({exc})") from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise UpstreamError(f"{host}: connection closed before a full response") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(f"{host}: {type(exc).__name__}: {exc}") from exc
 
 
 async def _read_body(response: aiohttp.ClientResponse, host: str) -> bytes:
@@ -140,4 +186,8 @@ async def _read_body(response: aiohttp.ClientResponse, host: str) -> bytes:
         if size > MAX_BODY_BYTES:
             raise UpstreamError(f"{host}: body larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    expected = response.content_length
+    if expected is not None and not response.headers.get("content-encoding") and len(body) != expected:
+        raise UpstreamError(f"{host}: body truncated ({len(body)} of {expected} bytes)")
+    return body

@@ -1,0 +1,80 @@
+"""A loopback HTTP server that streams stored bodies and downloads in progress to mitmproxy.
+
+mitmproxy holds a body set by an addon whole in memory (a 300 MB archive would cost 1 GB or more). So for
+large bodies the addon points the flow at this server instead, with a one-time ticket, and mitmproxy
+streams the answer through to the client: stored files go out with sendfile (and Range support from
+aiohttp's FileResponse); a download in progress is read from its temp file as it grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from aiohttp import web
+
+from .errors import UpstreamError
+from .replies import Reply
+
+logger = logging.getLogger(__name__)
+
+TICKET_TTL = 120.0
+
+
+class BlobServer:
+    def __init__(self) -> None:
+        self._tickets: dict[str, tuple[float, Reply]] = {}
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/t/{token}", self._serve)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server) and server.sockets
+        self.port = int(server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def issue(self, reply: Reply) -> str:
+        """A path on this server that answers `reply` once."""
+        now = time.monotonic()
+        for token in [t for t, (issued, _) in self._tickets.items() if now - issued > TICKET_TTL]:
+            del self._tickets[token]
+        token = secrets.token_urlsafe(24)
+        self._tickets[token] = (now, reply)
+        return f"/t/{token}"
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        ticket = self._tickets.pop(request.match_info["token"], None)
+        if ticket is None:
+            return web.Response(status=404, text="ruststash: unknown or used ticket\n")
+        reply = ticket[1]
+        headers = {k: v for k, v in reply.headers}
+        headers["x-cache"] = reply.outcome.value
+        if reply.file is not None:
+            return web.FileResponse(reply.file, headers=headers)
+        assert reply.fill is not None
+        response = web.StreamResponse(status=reply.status, headers=headers)
+        if reply.size is not None:
+            response.content_length = reply.size
+        await response.prepare(request)
+        try:
+            async for chunk in reply.fill.chunks():
+                await response.write(chunk)
+        except UpstreamError as exc:
+            # Too late for an error status: cut the transfer so the client sees it fail, never a bad body.
+            logger.warning("cut a download short for the client: %s", exc.reason)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response

@@ -1,0 +1,72 @@
+"""The values the cache service works with: a client's request, the reply it gets, and how it went."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .fill import Fill
+
+# Response headers worth keeping with a stored body: what a client needs and what revalidation needs.
+STORED_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "expires", "content-disposition")
+VALIDATOR_HEADERS = ("etag", "last-modified", "cache-control", "expires")
+
+
+class Outcome(StrEnum):
+    HIT = "HIT"
+    MISS = "MISS"
+    REVALIDATED = "REVALIDATED"
+    STALE = "STALE"
+    PASS = "PASS"
+    ERROR = "ERROR"
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    method: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    headers: dict[str, str]  # lowercase names
+
+    @property
+    def origin(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        netloc = self.host if self.port == default else f"{self.host}:{self.port}"
+        return f"{self.scheme}://{netloc}"
+
+    @property
+    def url(self) -> str:
+        return self.origin + self.path
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What to answer. The body is `body`, or the stored file `file`, or a download in progress `fill`
+    (the last two are streamed to the client, never held in memory)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    outcome: Outcome
+    note: str = ""
+    file: Path | None = None
+    fill: Fill | None = None
+    size: int | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.file is not None or self.fill is not None
+
+
+def error_reply(status: int, reason: str) -> Reply:
+    body = f"ruststash: {reason}\n".encode()
+    return Reply(status, (("content-type", "text/plain; charset=utf-8"),), body, Outcome.ERROR, reason)
+
+
+def selected(headers: tuple[tuple[str, str], ...], names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((k.lower(), v) for k, v in headers if k.lower() in names)

@@ -1,0 +1,190 @@
+"""rustup's files: channel manifests served as a matching pair with their `.sha256`, and archives that are
+streamed to clients while they are downloaded, checked against the manifest before they are stored.
+
+Facts (rustup 1.29): rustup fetches `channel-rust-X.toml.sha256`, then the `.toml`, and fails with a checksum
+error if they disagree. So the `.sha256` we serve is computed from the stored `.toml` (bodies are stored by
+their sha256), which makes a mismatched pair impossible, offline too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import tasks
+from .errors import UpstreamError
+from .fill import Fill
+from .freshness import is_fresh, not_modified
+from .policy import Decision, Kind, ManifestRef, Rule
+from .replies import STORED_HEADERS, VALIDATOR_HEADERS, ClientRequest, Outcome, Reply, error_reply, selected
+from .rust_manifest import archive_hashes, parse_sha256_file, sha256_file_body
+from .store import Entry
+from .upstream import UpstreamResponse
+
+if TYPE_CHECKING:
+    from .service import CacheService
+
+logger = logging.getLogger(__name__)
+
+# rustup asks for the .toml right after the .sha256: for this long after a pair was checked with upstream,
+# a .toml request is answered from it without asking again, so both halves come from the same pair.
+PAIR_WINDOW = 60.0
+# Archives up to this size are downloaded whole before the client gets a byte; larger ones are streamed
+# while they download, and a body that fails its check is cut short instead of answered with a 502.
+WHOLE_BEFORE_SENDING = 8 * 1024 * 1024
+
+
+def _hash_key(host: str, path: str) -> str:
+    return f"archive-sha256:{host}{path}"
+
+
+class RustDist:
+    def __init__(self, service: CacheService, clock: Callable[[], float]) -> None:
+        self._service = service
+        self._store = service.store
+        self._upstream = service.upstream
+        self._clock = clock
+        self._fills: dict[str, Fill] = {}
+
+    # ---------------------------------------------------------------- manifests
+
+    async def manifest(self, decision: Decision, request: ClientRequest) -> Reply:
+        assert decision.manifest is not None
+        ref = decision.manifest
+        want_sha256 = decision.kind is Kind.MANIFEST_SHA256
+        entry = await asyncio.to_thread(self._store.lookup, decision.key)
+        outcome, note = Outcome.HIT, ""
+        if entry is None or not self._pair_fresh(decision, entry, want_sha256):
+            result = await self._refresh_pair(decision, request, ref, entry)
+            if isinstance(result, Reply):
+                return result
+            entry, outcome, note = result
+        if want_sha256:
+            body = sha256_file_body(entry.digest, ref.file_name)
+            return Reply(200, (("content-type", "text/plain; charset=utf-8"),), body, outcome, note)
+        return await self._service.answer(entry, request, outcome, note=note)
+
+    def _pair_fresh(self, decision: Decision, entry: Entry, want_sha256: bool) -> bool:
+        """The .sha256 (100 bytes) is checked with upstream on every request, so a new release is seen at
+        once; the .toml right after it comes from the pair just checked. Dated manifests never change."""
+        if decision.rule is Rule.IMMUTABLE:
+            return True
+        lifetime = decision.min_lifetime if want_sha256 else max(decision.min_lifetime, PAIR_WINDOW)
+        return is_fresh(entry.stored_at, lifetime, self._clock())
+
+    async def _refresh_pair(
+        self, decision: Decision, request: ClientRequest, ref: ManifestRef, entry: Entry | None
+    ) -> Reply | tuple[Entry, Outcome, str]:
+        now = self._clock()
+
+        def fallback(reason: str, status: int = 502) -> Reply | tuple[Entry, Outcome, str]:
+            if entry is not None:
+                return entry, Outcome.STALE, reason
+            return error_reply(status, reason)
+
+        sha_url = request.origin + ref.sha256_path
+        toml_url = request.origin + ref.toml_path
+        try:
+            sha = await self._upstream.get(sha_url, {})
+            if sha.status in (404, 410):
+                return Reply(sha.status, (), f"ruststash: upstream has no {ref.file_name}\n".encode(), Outcome.MISS)
+            declared = self._declared(sha)
+            if isinstance(declared, str) and entry is not None and entry.digest == declared:
+                refreshed = await asyncio.to_thread(self._store.refresh, entry, now, entry.headers, entry.lifetime)
+                return refreshed, Outcome.REVALIDATED, ""
+            toml = await self._matching_toml(toml_url, sha_url, declared)
+        except UpstreamError as exc:
+            return fallback(exc.reason, exc.status)
+        try:
+            hashes = await asyncio.to_thread(archive_hashes, toml.body)
+        except ValueError as exc:
+            return fallback(f"{ref.file_name} from upstream is not a channel manifest ({exc})")
+        await asyncio.to_thread(
+            self._store.put_meta, {_hash_key(request.host, path): digest for path, digest in hashes.items()}
+        )
+        stored = await asyncio.to_thread(
+            self._store.put,
+            decision.key,
+            toml.body,
+            status=200,
+            headers=selected(toml.headers, STORED_HEADERS),
+            stored_at=now,
+            lifetime=self._service.lifetime(decision, toml.header("cache-control")),
+        )
+        return stored, Outcome.MISS, ""
+
+    @staticmethod
+    def _declared(sha: UpstreamResponse) -> str:
+        if sha.status != 200:
+            raise UpstreamError(f"upstream answered {sha.status} for the manifest's .sha256")
+        declared = parse_sha256_file(sha.body)
+        if declared is None:
+            raise UpstreamError("upstream's manifest .sha256 is malformed")
+        return declared
+
+    async def _matching_toml(self, toml_url: str, sha_url: str, declared: str) -> UpstreamResponse:
+        """The .toml whose sha256 is `declared`. If upstream published between our two requests, the .sha256
+        is read again once; a pair that still disagrees is an error (and nothing is stored)."""
+        for attempt in range(2):
+            toml = await self._upstream.get(toml_url, {})
+            if toml.status != 200:
+                raise UpstreamError(f"upstream answered {toml.status} for {toml_url}")
+            if hashlib.sha256(toml.body).hexdigest() == declared:
+                return toml
+            if attempt == 0:
+                declared = self._declared(await self._upstream.get(sha_url, {}))
+        raise UpstreamError("upstream's channel manifest does not match its .sha256")
+
+    # ---------------------------------------------------------------- archives
+
+    async def archive(self, decision: Decision, request: ClientRequest) -> Reply:
+        """Stored: streamed from disk (Range too). Not stored: downloaded once however many clients ask,
+        streamed to each while it is written, stored if it matches the manifest's hash."""
+        entry = await asyncio.to_thread(self._store.lookup, decision.key)
+        if entry is not None:
+            return self._file_reply(entry, request, Outcome.HIT)
+        fill = self._fills.get(decision.key)
+        if fill is None:
+            fill = await self._start_fill(decision, request)
+        head = await asyncio.shield(fill.head)
+        if head.error:
+            return error_reply(head.error_status, f"{request.host}{request.path}: {head.error}")
+        if head.status != 200:
+            status = 502 if head.status >= 500 else head.status
+            return error_reply(status, f"{request.host}: upstream answered {head.status} for {request.path}")
+        small = head.content_length is not None and head.content_length <= WHOLE_BEFORE_SENDING
+        if small or "range" in request.headers:
+            # Small bodies (and resumed downloads, answered from the stored body) wait until the download
+            # is whole and verified, so a bad one gets a 502 with the reason rather than a cut transfer.
+            while not fill.finished:
+                await fill.changed()
+            if fill.entry is None:
+                return error_reply(502, f"{request.host}{request.path}: {fill.failure}")
+            return self._file_reply(fill.entry, request, Outcome.MISS)
+        return Reply(200, head.headers, b"", Outcome.MISS, fill=fill, size=head.content_length)
+
+    async def _start_fill(self, decision: Decision, request: ClientRequest) -> Fill:
+        # Registered before the first await, so clients arriving meanwhile join this download.
+        fill = Fill(self._store, decision.key, None, STORED_HEADERS)
+        self._fills[decision.key] = fill
+        try:
+            fill.expected_digest = await asyncio.to_thread(self._store.get_meta, _hash_key(request.host, request.path))
+        finally:
+            task = tasks.spawn(fill.run(self._upstream, request.url, {}), name=f"fill {decision.key}")
+            task.add_done_callback(lambda _: self._forget(decision.key, fill))
+        if fill.expected_digest is None:
+            logger.info("no manifest hash known for %s%s: stored by its own sha256", request.host, request.path)
+        return fill
+
+    def _forget(self, key: str, fill: Fill) -> None:
+        if self._fills.get(key) is fill:
+            del self._fills[key]
+
+    def _file_reply(self, entry: Entry, request: ClientRequest, outcome: Outcome) -> Reply:
+        if not_modified(request.headers, entry.etag, entry.last_modified):
+            return Reply(304, selected(entry.headers, VALIDATOR_HEADERS), b"", outcome)
+        path = self._store.blob_path(entry.digest)
+        return Reply(200, entry.headers, b"", outcome, file=path, size=entry.size)

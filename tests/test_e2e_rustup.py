@@ -1,0 +1,253 @@
+"""The real rustup through a running ruststash against a local fake static.rust-lang.org.
+
+rustup keeps its default dist server (https://static.rust-lang.org); only HTTPS_PROXY and SSL_CERT_FILE
+(ruststash's bundle) are set, in an environment built from scratch, with fresh RUSTUP_HOME and CARGO_HOME.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ProxyFactory
+from tests.harness import ProxyProcess
+from tests.origins.installer import HOST_TRIPLE
+from tests.origins.rustlang import FakeRustDist, PublishedRelease
+from tests.origins.rustup_client import RustupClient, make_rustup_client
+from tests.origins.tls import OriginTLS
+
+pytestmark = pytest.mark.e2e
+
+MANIFEST = "/dist/channel-rust-stable.toml"
+
+
+@pytest.fixture
+def dist(tmp_path: Path, origin_tls: OriginTLS) -> Iterator[FakeRustDist]:
+    origin = FakeRustDist(origin_tls, tmp_path / "origin")
+    yield origin
+    origin.close()
+
+
+@pytest.fixture
+def release(dist: FakeRustDist) -> PublishedRelease:
+    return dist.publish("9.98.0", "2026-04-14")
+
+
+@pytest.fixture
+def proxy(start_proxy: ProxyFactory, dist: FakeRustDist, origin_tls: OriginTLS) -> ProxyProcess:
+    return start_proxy(["--upstream", f"static.rust-lang.org={dist.url}", "--upstream-ca", str(origin_tls.ca_pem)])
+
+
+def client(root: Path, proxy: ProxyProcess) -> RustupClient:
+    """A new rustup user: fresh homes, only the proxy and ruststash's bundle configured."""
+    return make_rustup_client(root, proxy=proxy.url, ca_pem=proxy.bundle)
+
+
+def archive_requests(dist: FakeRustDist) -> list[str]:
+    return [r.path for r in dist.records() if r.path.endswith((".tar.xz", ".tar.gz"))]
+
+
+def rustc_version(user: RustupClient, toolchain: str) -> str:
+    return user.run("rustc", f"+{toolchain}", "--version").stdout.strip()
+
+
+def proxied_get(
+    proxy: ProxyProcess, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTPS client through the proxy, trusting only ruststash's CA."""
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"https": proxy.url}), urllib.request.HTTPSHandler(context=context)
+    )
+    request = urllib.request.Request(f"https://static.rust-lang.org{path}", headers=headers or {})
+    with opener.open(request, timeout=60) as response:
+        return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+
+
+def test_cold_warm_and_offline_installs(
+    tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
+) -> None:
+    # Cold: minimal, then default profile, through the proxy.
+    first = client(tmp_path / "cold", proxy)
+    first.install("stable", profile="minimal")
+    assert rustc_version(first, "stable") == f"rustc {release.release.full_version}"
+    second = client(tmp_path / "cold-default", proxy)
+    second.install("stable", profile="default")
+    assert rustc_version(second, "stable") == f"rustc {release.release.full_version}"
+    fetched = archive_requests(dist)
+    assert fetched and len(fetched) == len(set(fetched)), f"an archive was fetched twice: {fetched}"
+    assert {f"/dist/2026-04-14/rustfmt-9.98.0-{HOST_TRIPLE}.tar.xz", release.archive_path("rustc")} <= set(fetched)
+
+    # Warm, new RUSTUP_HOME: no archive fetched from upstream again.
+    dist.reset_counts()
+    warm = client(tmp_path / "warm", proxy)
+    warm.install("stable", profile="default")
+    assert archive_requests(dist) == []
+    assert rustc_version(warm, "stable") == f"rustc {release.release.full_version}"
+    archive_lines = [r for r in proxy.access() if r["path"].endswith(".tar.xz")]
+    assert {r["outcome"] for r in archive_lines[-6:]} == {"HIT"}
+
+    # Upstream stopped: installs from cache.
+    dist.stop()
+    offline = client(tmp_path / "offline", proxy)
+    offline.install("stable", profile="minimal")
+    assert rustc_version(offline, "stable") == f"rustc {release.release.full_version}"
+    stale = [r for r in proxy.access() if r["path"] == MANIFEST + ".sha256"][-1]
+    assert stale["outcome"] == "STALE"
+
+
+def test_update_to_a_newer_stable_keeps_the_old_one_installable(
+    tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
+) -> None:
+    user = client(tmp_path / "user", proxy)
+    user.install("stable")
+    newer = dist.publish("9.99.0", "2026-05-28")
+    user.rustup("update", "stable", "--no-self-update")
+    assert rustc_version(user, "stable") == f"rustc {newer.release.full_version}"
+    # The old release by its version, from a new user, with upstream gone: all from the cache? No: 9.98.0's
+    # own manifest was never asked for; fetch it with upstream up, then check the archives came from cache.
+    dist.reset_counts()
+    other = client(tmp_path / "other", proxy)
+    other.install("9.98.0")
+    assert rustc_version(other, "9.98.0") == f"rustc {release.release.full_version}"
+    assert archive_requests(dist) == [], "9.98.0's archives were cached by the first install"
+
+
+def test_corrupted_archive_fails_cleanly_and_is_not_stored(
+    tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
+) -> None:
+    path = release.archive_path("rust-std")
+    dist.corrupt(path)
+    user = client(tmp_path / "user", proxy)
+    result = user.rustup(
+        "toolchain",
+        "install",
+        "stable",
+        "--profile",
+        "minimal",
+        "--no-self-update",
+        check=False,
+        env={"RUSTUP_MAX_RETRIES": "0"},
+    )
+    assert result.returncode != 0
+    assert "stable" not in " ".join(user.toolchains())
+    good = hashlib.sha256(dist.file(path).read_bytes()).hexdigest()
+    bad = [p.name for p in (proxy.cache_dir / "blobs").rglob("*") if p.is_file()]
+    corrupted_digests = set(bad) - {good}
+    for name in corrupted_digests:
+        data = next((proxy.cache_dir / "blobs").rglob(name)).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == name, "a blob does not hash to its name"
+    assert not list((proxy.cache_dir / "tmp").iterdir()), "a partial download was left behind"
+    refusals = [r for r in proxy.access() if r["path"] == path and r["outcome"] == "ERROR"]
+    assert refusals and refusals[0]["status"] == "502", refusals
+    assert "is not the published" in refusals[0]["note"]
+    assert "502" in result.stderr
+
+    dist.restore()
+    user.install("stable")
+    assert rustc_version(user, "stable") == f"rustc {release.release.full_version}"
+    assert list((proxy.cache_dir / "blobs").rglob(good)), "the good archive is stored under its sha256"
+
+
+def test_pinned_version_and_dated_nightly(
+    tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
+) -> None:
+    nightly = dist.publish("9.100.0", "2026-05-01", "nightly")
+    user = client(tmp_path / "user", proxy)
+    project = tmp_path / "project"
+    user.write_toolchain_file(project, "9.98.0", profile="minimal")
+    out = user.run("rustc", "--version", cwd=project, env={"RUSTUP_AUTO_INSTALL": "1"})
+    assert out.stdout.strip() == f"rustc {release.release.full_version}"
+    user.install(nightly.toolchain)
+    assert rustc_version(user, nightly.toolchain) == f"rustc {nightly.release.full_version}"
+    paths = {r["path"] for r in proxy.access()}
+    assert "/dist/channel-rust-9.98.0.toml.sha256" in paths
+    assert "/dist/2026-05-01/channel-rust-nightly.toml" in paths
+
+
+def test_manifest_and_sha256_always_match_even_when_upstream_publishes_between(
+    dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
+) -> None:
+    _, _, sha256 = proxied_get(proxy, MANIFEST + ".sha256")
+    dist.publish("9.99.0", "2026-05-28")  # upstream moves on between rustup's two requests
+    _, _, toml = proxied_get(proxy, MANIFEST)
+    assert sha256.split()[0].decode() == hashlib.sha256(toml).hexdigest()
+    assert b'version = "9.98.0' in toml
+
+    # The next .sha256 request sees the new release, and its .toml matches it.
+    _, _, sha256 = proxied_get(proxy, MANIFEST + ".sha256")
+    _, _, toml = proxied_get(proxy, MANIFEST)
+    assert sha256.split()[0].decode() == hashlib.sha256(toml).hexdigest()
+    assert b'version = "9.99.0' in toml
+
+    # Upstream gone: the last matching pair, marked stale.
+    dist.stop()
+    _, headers, sha256 = proxied_get(proxy, MANIFEST + ".sha256")
+    _, _, toml = proxied_get(proxy, MANIFEST)
+    assert headers["x-cache"] == "STALE"
+    assert sha256.split()[0].decode() == hashlib.sha256(toml).hexdigest()
+
+
+def test_range_requests_on_cached_archives_get_206(
+    dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
+) -> None:
+    proxied_get(proxy, MANIFEST + ".sha256")
+    proxied_get(proxy, MANIFEST)
+    path = release.archive_path("rustc")
+    whole = dist.file(path).read_bytes()
+    status, headers, body = proxied_get(proxy, path)
+    assert (status, headers["x-cache"], body) == (200, "MISS", whole)
+    status, headers, body = proxied_get(proxy, path, {"Range": "bytes=100-"})
+    assert (status, headers["x-cache"], body) == (206, "HIT", whole[100:])
+    assert headers["content-range"] == f"bytes 100-{len(whole) - 1}/{len(whole)}"
+
+
+BIG = 24 * 1024 * 1024  # over the size that is downloaded whole before sending: this one is streamed
+
+
+def test_large_archive_is_streamed_once_to_concurrent_clients_and_then_from_disk(
+    tmp_path: Path, dist: FakeRustDist, proxy: ProxyProcess
+) -> None:
+    big = dist.publish("9.98.0", "2026-04-14", pad_bytes={"rust-std": BIG})
+    path = big.archive_path("rust-std")
+    whole = dist.file(path).read_bytes()
+    assert len(whole) > BIG
+    proxied_get(proxy, MANIFEST + ".sha256")  # the proxy learns the archive's hash from the manifest
+    dist.reset_counts()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: proxied_get(proxy, path), range(4)))
+    assert all(body == whole for _, _, body in results)
+    assert {headers["x-cache"] for _, headers, _ in results} == {"MISS"}
+    assert dist.count(path) == 1, "concurrent clients of one missing archive caused more than one fetch"
+    status, headers, body = proxied_get(proxy, path)
+    assert (status, headers["x-cache"], body == whole) == (200, "HIT", True)
+    # And rustup installs with it, from the cache.
+    user = client(tmp_path / "user", proxy)
+    user.install("stable")
+    assert rustc_version(user, "stable") == f"rustc {big.release.full_version}"
+    assert dist.count(path) == 1
+
+
+def test_large_corrupted_archive_is_cut_short_and_not_stored(dist: FakeRustDist, proxy: ProxyProcess) -> None:
+    big = dist.publish("9.98.0", "2026-04-14", pad_bytes={"rust-std": BIG})
+    path = big.archive_path("rust-std")
+    proxied_get(proxy, MANIFEST + ".sha256")
+    dist.corrupt(path)
+    with pytest.raises((http.client.IncompleteRead, ConnectionError, urllib.error.URLError)):
+        proxied_get(proxy, path)
+    assert not list((proxy.cache_dir / "tmp").iterdir()), "a partial download was left behind"
+    good = hashlib.sha256(dist.file(path).read_bytes()).hexdigest()
+    for blob in (proxy.cache_dir / "blobs").rglob("*"):
+        if blob.is_file():
+            assert blob.stat().st_size < BIG, "a large (corrupt) body was stored"
+    dist.restore()
+    status, headers, body = proxied_get(proxy, path)
+    assert (status, headers["x-cache"], hashlib.sha256(body).hexdigest()) == (200, "MISS", good)
