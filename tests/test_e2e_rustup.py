@@ -112,8 +112,7 @@ def test_update_to_a_newer_stable_keeps_the_old_one_installable(
     newer = dist.publish("9.99.0", "2026-05-28")
     user.rustup("update", "stable", "--no-self-update")
     assert rustc_version(user, "stable") == f"rustc {newer.release.full_version}"
-    # The old release by its version, from a new user, with upstream gone: all from the cache? No: 9.98.0's
-    # own manifest was never asked for; fetch it with upstream up, then check the archives came from cache.
+    # The old release by its version, for a new user: its own manifest is new to the proxy, its archives not.
     dist.reset_counts()
     other = client(tmp_path / "other", proxy)
     other.install("9.98.0")
@@ -251,3 +250,31 @@ def test_large_corrupted_archive_is_cut_short_and_not_stored(dist: FakeRustDist,
     dist.restore()
     status, headers, body = proxied_get(proxy, path)
     assert (status, headers["x-cache"], hashlib.sha256(body).hexdigest()) == (200, "MISS", good)
+
+
+def test_interrupted_downloads_leave_nothing_partial(dist: FakeRustDist, proxy: ProxyProcess) -> None:
+    big = dist.publish("9.98.0", "2026-04-14", pad_bytes={"rust-std": BIG})
+    path = big.archive_path("rust-std")
+    whole = dist.file(path).read_bytes()
+    proxied_get(proxy, MANIFEST + ".sha256")
+
+    # Upstream cuts the body short: the client's transfer fails, nothing is stored.
+    dist.set_fault(path, "truncate", times=1)
+    with pytest.raises((http.client.IncompleteRead, ConnectionError, urllib.error.URLError)):
+        proxied_get(proxy, path)
+    assert not list((proxy.cache_dir / "tmp").iterdir())
+    assert not [b for b in (proxy.cache_dir / "blobs").rglob("*") if b.is_file() and b.stat().st_size >= BIG]
+
+    # The client goes away mid-body: the download still completes and is stored whole, verified.
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    connection = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=context, timeout=60)
+    connection.set_tunnel("static.rust-lang.org", 443)
+    connection.request("GET", path)
+    response = connection.getresponse()
+    assert response.read(1024 * 1024)
+    connection.close()
+    status, _, body = proxied_get(proxy, path)
+    assert (status, body == whole) == (200, True)
+    assert dist.count(path) == 2, "the abandoned download was not finished and reused"
+    assert not list((proxy.cache_dir / "tmp").iterdir())
+    assert list((proxy.cache_dir / "blobs").rglob(hashlib.sha256(whole).hexdigest()))

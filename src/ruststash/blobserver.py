@@ -76,5 +76,8 @@ class BlobServer:
             if request.transport is not None:
                 request.transport.abort()
             return response
+        except ConnectionResetError:
+            # The client went away; the download itself goes on (other clients, and the store, want it).
+            return response
         await response.write_eof()
         return response
