@@ -26,6 +26,7 @@ class _Forwarded:
     """A flow mitmproxy forwards itself: PASS to the origin, or a streamed reply from the blob server."""
 
     outcome: Outcome
+    kind: str
     host: str
     path: str
     size: int | None = None
@@ -88,9 +89,10 @@ class RuststashAddon:
             logger.exception("internal error handling %s", request.url)
             reply = error_reply(500, f"internal error: {type(exc).__name__}")
         if reply.streamed:
-            self._stream(flow, request, reply)
+            self._stream(flow, request, reply, decision.kind.value)
             return
         flow.response = make_response(reply)
+        self.service.counters.request(decision.kind.value, reply.outcome.value, len(reply.body))
         log_request(
             method=request.method,
             host=request.host,
@@ -102,9 +104,9 @@ class RuststashAddon:
             note=reply.note,
         )
 
-    def _stream(self, flow: http.HTTPFlow, request: ClientRequest, reply: Reply) -> None:
+    def _stream(self, flow: http.HTTPFlow, request: ClientRequest, reply: Reply, kind: str) -> None:
         """Point the flow at the loopback blob server; mitmproxy then streams the body to the client."""
-        flow.metadata[_MARK] = _Forwarded(reply.outcome, request.host, request.path, reply.size, reply.note)
+        flow.metadata[_MARK] = _Forwarded(reply.outcome, kind, request.host, request.path, reply.size, reply.note)
         flow.request.scheme = "http"
         flow.request.host = "127.0.0.1"
         flow.request.port = self.blobs.port
@@ -114,7 +116,7 @@ class RuststashAddon:
         """Let mitmproxy forward a request it intercepted but we do not cache, to the mapped origin."""
         if not self.service.is_cached_host(request.host, request.port):
             return
-        flow.metadata[_MARK] = _Forwarded(Outcome.PASS, request.host, request.path)
+        flow.metadata[_MARK] = _Forwarded(Outcome.PASS, Kind.PASS.value, request.host, request.path)
         origin = self.upstream_map.origins(request.scheme, request.host, request.port)[0]
         if (origin.scheme, origin.host, origin.port) != (request.scheme, request.host, request.port):
             flow.request.scheme = origin.scheme
@@ -136,13 +138,16 @@ class RuststashAddon:
         if forwarded is None or flow.response is None:
             return
         length = flow.response.headers.get("content-length", "")
+        size = int(length) if length.isdigit() else (forwarded.size or 0)
+        outcome = flow.response.headers.get("x-cache", forwarded.outcome.value)
+        self.service.counters.request(forwarded.kind, outcome, size)
         log_request(
             method=flow.request.method,
             host=forwarded.host,
             path=forwarded.path,
-            outcome=flow.response.headers.get("x-cache", forwarded.outcome.value),
+            outcome=outcome,
             status=flow.response.status_code,
-            size=int(length) if length.isdigit() else (forwarded.size or 0),
+            size=size,
             seconds=time.time() - flow.request.timestamp_start,
             note=forwarded.note,
         )
@@ -151,6 +156,7 @@ class RuststashAddon:
         forwarded = flow.metadata.get(_MARK)
         if forwarded is None or flow.error is None:
             return
+        self.service.counters.request(forwarded.kind, Outcome.ERROR.value, 0)
         log_request(
             method=flow.request.method,
             host=forwarded.host,

@@ -19,6 +19,7 @@ from .settings import (
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_LISTEN,
     HostPort,
+    Resilience,
     Settings,
     build_cache_hosts,
     build_upstreams,
@@ -72,6 +73,37 @@ def main() -> None:
     """
 
 
+_RESILIENCE_HELP = {
+    "stale_after": "With a stored copy, wait this long for upstream, then serve the copy (X-Cache: STALE) "
+    "and let the fetch refresh it in the background.",
+    "miss_timeout": "With nothing stored, wait this long for upstream, then answer 504.",
+    "read_timeout": "Abandon an upstream body that stalls this long.",
+    "negative_ttl": "Remember an index file's 404/410/451 this long (0: not at all).",
+    "breaker_threshold": "Consecutive failures after which an upstream origin is marked down.",
+    "breaker_backoff": "How long an origin stays marked down at first; doubles after each failed probe.",
+    "breaker_max_backoff": "The longest an origin stays marked down before the next probe.",
+}
+
+
+def _resilience_options[F: Callable[..., object]](command: F) -> F:
+    defaults = Resilience()
+    for name, text in reversed(_RESILIENCE_HELP.items()):
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        command = click.option(
+            flag,
+            name,
+            envvar="RUSTSTASH_" + name.upper(),
+            show_envvar=True,
+            type=type(default),
+            default=default,
+            show_default=True,
+            metavar="N" if isinstance(default, int) else "SECONDS",
+            help=text,
+        )(command)
+    return command
+
+
 @main.command(context_settings=CONTEXT)
 @_listen_option(DEFAULT_LISTEN)
 @_listen_option(DEFAULT_ADMIN_LISTEN, "--admin-listen", "RUSTSTASH_ADMIN_LISTEN", "admin server (/healthz)")
@@ -112,6 +144,7 @@ def main() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also trust this CA (PEM) for upstream TLS, on top of the system roots.",
 )
+@_resilience_options
 @click.option(
     "--log-level",
     envvar="RUSTSTASH_LOG_LEVEL",
@@ -130,6 +163,7 @@ def serve(
     upstreams: tuple[str, ...],
     upstream_ca: Path | None,
     log_level: str,
+    **resilience: float,
 ) -> None:
     """Run the caching proxy."""
     from .proxy import serve as run_proxy  # mitmproxy's import cost is paid only by `serve`
@@ -144,6 +178,7 @@ def serve(
             cache_hosts=build_cache_hosts(cache_hosts),
             upstreams=build_upstreams(upstreams),
             upstream_ca=upstream_ca.expanduser().absolute() if upstream_ca else None,
+            resilience=Resilience(**resilience),  # type: ignore[arg-type]
         )
         asyncio.run(run_proxy(settings))
 

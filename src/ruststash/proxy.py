@@ -20,6 +20,7 @@ from . import __version__, ca
 from .addon import RuststashAddon
 from .admin import start_admin
 from .blobserver import BlobServer
+from .counters import Counters
 from .errors import StartupError
 from .service import CacheService
 from .settings import HostPort, Settings
@@ -60,13 +61,19 @@ def mitmproxy_options(settings: Settings) -> dict[str, object]:
 
 
 @contextlib.asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[tuple[CacheService, UpstreamMap]]:
+async def running_service(settings: Settings, counters: Counters) -> AsyncIterator[tuple[CacheService, UpstreamMap]]:
     store = await asyncio.to_thread(Store, settings.cache_dir)
     upstream_map = UpstreamMap(settings.upstreams)
-    upstream = Upstream(upstream_map, make_ssl_context(settings.upstream_ca), f"ruststash/{__version__}")
+    upstream = Upstream(
+        upstream_map,
+        make_ssl_context(settings.upstream_ca),
+        f"ruststash/{__version__}",
+        settings.resilience,
+        counters,
+    )
     await upstream.start()
     try:
-        yield CacheService(store, upstream, settings.cache_hosts), upstream_map
+        yield CacheService(store, upstream, settings.cache_hosts, settings.resilience, counters), upstream_map
     finally:
         await upstream.close()
         await asyncio.to_thread(store.close)
@@ -90,7 +97,8 @@ async def serve(settings: Settings) -> None:
     check_port_free(settings.listen, "--listen")
     check_port_free(settings.admin_listen, "--admin-listen")
 
-    async with running_service(settings) as (service, upstream_map), serving_blobs() as blobs:
+    counters = Counters()
+    async with running_service(settings, counters) as (service, upstream_map), serving_blobs() as blobs:
         master = Master(options.Options(), with_termlog=False)
         master.addons.add(
             core.Core(),
@@ -111,7 +119,7 @@ async def serve(settings: Settings) -> None:
             ps = master.addons.get("proxyserver")
             if not await ps.setup_servers():
                 raise StartupError(f"cannot listen on {settings.listen} (--listen)")
-            admin = await start_admin(settings.admin_listen)
+            admin = await start_admin(settings.admin_listen, service)
             try:
                 await master.running()
                 logger.info(

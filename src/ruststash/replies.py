@@ -7,6 +7,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import UpstreamError
+from .store import Entry
+
 if TYPE_CHECKING:
     from .fill import Fill
 
@@ -70,3 +73,15 @@ def error_reply(status: int, reason: str) -> Reply:
 
 def selected(headers: tuple[tuple[str, str], ...], names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple((k.lower(), v) for k, v in headers if k.lower() in names)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """How one upstream fetch ended: a stored entry (with the body, to spare a re-read), an answer that is
+    not stored (a 404, a no-store body), or a failure."""
+
+    entry: Entry | None = None
+    outcome: Outcome = Outcome.MISS
+    body: bytes | None = None
+    reply: Reply | None = None
+    error: UpstreamError | None = None

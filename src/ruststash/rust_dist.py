@@ -19,7 +19,7 @@ from .errors import UpstreamError
 from .fill import Fill
 from .freshness import is_fresh, not_modified
 from .policy import Decision, Kind, ManifestRef, Rule
-from .replies import STORED_HEADERS, VALIDATOR_HEADERS, ClientRequest, Outcome, Reply, error_reply, selected
+from .replies import STORED_HEADERS, VALIDATOR_HEADERS, ClientRequest, Fetched, Outcome, Reply, error_reply, selected
 from .rust_manifest import archive_hashes, parse_sha256_file, sha256_file_body
 from .store import Entry
 from .upstream import UpstreamResponse
@@ -58,10 +58,25 @@ class RustDist:
         entry = await asyncio.to_thread(self._store.lookup, decision.key)
         outcome, note = Outcome.HIT, ""
         if entry is None or not self._pair_fresh(decision, entry, want_sha256):
-            result = await self._refresh_pair(decision, request, ref, entry)
-            if isinstance(result, Reply):
-                return result
-            entry, outcome, note = result
+            fetched = await self._service.coalesced(
+                decision, request, entry is not None, lambda: self._refresh_pair(decision, request, ref, entry)
+            )
+            if fetched is None or fetched.error is not None:
+                reason = (
+                    fetched.error.reason
+                    if fetched is not None and fetched.error is not None
+                    else self._service.too_slow(request, entry is not None)
+                )
+                current = entry or await asyncio.to_thread(self._store.lookup, decision.key)
+                if current is None:
+                    status = fetched.error.status if fetched is not None and fetched.error is not None else 504
+                    return error_reply(status, reason)
+                entry, outcome, note = current, Outcome.STALE, reason
+            elif fetched.reply is not None:
+                return fetched.reply
+            else:
+                assert fetched.entry is not None
+                entry, outcome = fetched.entry, fetched.outcome
         if want_sha256:
             body = sha256_file_body(entry.digest, ref.file_name)
             return Reply(200, (("content-type", "text/plain; charset=utf-8"),), body, outcome, note)
@@ -77,31 +92,26 @@ class RustDist:
 
     async def _refresh_pair(
         self, decision: Decision, request: ClientRequest, ref: ManifestRef, entry: Entry | None
-    ) -> Reply | tuple[Entry, Outcome, str]:
-        now = self._clock()
-
-        def fallback(reason: str, status: int = 502) -> Reply | tuple[Entry, Outcome, str]:
-            if entry is not None:
-                return entry, Outcome.STALE, reason
-            return error_reply(status, reason)
-
+    ) -> Fetched:
+        """Check the pair with upstream and store a new one if upstream has one. Runs as a shared task."""
         sha_url = request.origin + ref.sha256_path
         toml_url = request.origin + ref.toml_path
         try:
             sha = await self._upstream.get(sha_url, {})
             if sha.status in (404, 410):
-                return Reply(sha.status, (), f"ruststash: upstream has no {ref.file_name}\n".encode(), Outcome.MISS)
+                body = f"ruststash: upstream has no {ref.file_name}\n".encode()
+                return Fetched(reply=Reply(sha.status, (), body, Outcome.MISS))
             declared = self._declared(sha)
-            if isinstance(declared, str) and entry is not None and entry.digest == declared:
+            if entry is not None and entry.digest == declared:
+                now = self._clock()
                 refreshed = await asyncio.to_thread(self._store.refresh, entry, now, entry.headers, entry.lifetime)
-                return refreshed, Outcome.REVALIDATED, ""
+                return Fetched(refreshed, Outcome.REVALIDATED)
             toml = await self._matching_toml(toml_url, sha_url, declared)
-        except UpstreamError as exc:
-            return fallback(exc.reason, exc.status)
-        try:
             hashes = await asyncio.to_thread(archive_hashes, toml.body)
+        except UpstreamError as exc:
+            return Fetched(error=exc)
         except ValueError as exc:
-            return fallback(f"{ref.file_name} from upstream is not a channel manifest ({exc})")
+            return Fetched(error=UpstreamError(f"{ref.file_name} from upstream is not a channel manifest ({exc})"))
         await asyncio.to_thread(
             self._store.put_meta, {_hash_key(request.host, path): digest for path, digest in hashes.items()}
         )
@@ -111,10 +121,10 @@ class RustDist:
             toml.body,
             status=200,
             headers=selected(toml.headers, STORED_HEADERS),
-            stored_at=now,
+            stored_at=self._clock(),
             lifetime=self._service.lifetime(decision, toml.header("cache-control")),
         )
-        return stored, Outcome.MISS, ""
+        return Fetched(stored, Outcome.MISS, body=toml.body)
 
     @staticmethod
     def _declared(sha: UpstreamResponse) -> str:
@@ -149,7 +159,12 @@ class RustDist:
         fill = self._fills.get(decision.key)
         if fill is None:
             fill = await self._start_fill(decision, request)
-        head = await asyncio.shield(fill.head)
+        else:
+            self._service.counters.coalesced[decision.kind.value] += 1
+        try:
+            head = await asyncio.wait_for(asyncio.shield(fill.head), self._service.resilience.miss_timeout)
+        except TimeoutError:
+            return error_reply(504, self._service.too_slow(request, False))
         if head.error:
             return error_reply(head.error_status, f"{request.host}{request.path}: {head.error}")
         if head.status != 200:
@@ -168,7 +183,7 @@ class RustDist:
 
     async def _start_fill(self, decision: Decision, request: ClientRequest) -> Fill:
         # Registered before the first await, so clients arriving meanwhile join this download.
-        fill = Fill(self._store, decision.key, None, STORED_HEADERS)
+        fill = Fill(self._store, decision.key, None, STORED_HEADERS, self._service.counters)
         self._fills[decision.key] = fill
         try:
             fill.expected_digest = await asyncio.to_thread(self._store.get_meta, _hash_key(request.host, request.path))

@@ -3,34 +3,46 @@
 It knows nothing of mitmproxy (the addon translates flows to ClientRequest and Reply back), so it can be
 tested with a real store and real origins but no proxy in front. Cargo's and the generic rules live here;
 rustup's (manifest pairs, streamed archives) in `rust_dist`.
+
+Every upstream fetch runs as its own task, shared by all requests for the same key (coalescing). A request
+waits for it only so long: with a stored copy `stale_after` seconds (then the copy is served, marked STALE,
+and the fetch refreshes the store when it ends), without one `miss_timeout` seconds (then 504).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from . import policy, sparse_index
+from .counters import Counters
 from .errors import IntegrityError, StoreError, UpstreamError
 from .freshness import freshness_lifetime, is_fresh, not_modified, parse_cache_control
+from .inflight import Inflight
 from .policy import CrateRef, Decision, Kind, Registry, Rule
 from .replies import (
     STORED_HEADERS,
     VALIDATOR_HEADERS,
     ClientRequest,
+    Fetched,
     Outcome,
     Reply,
     error_reply,
     selected,
 )
-from .settings import CacheHost
+from .settings import CacheHost, Resilience
 from .store import Entry, Store
 from .upstream import FORWARDED_REQUEST_HEADERS, Upstream, UpstreamResponse
 
 logger = logging.getLogger(__name__)
+
+# Index files that upstream says do not exist are remembered briefly (a missing crate on a slow link).
+NEGATIVE_STATUSES = (404, 410, 451)
 
 
 def _merge_validators(stored: tuple[tuple[str, str], ...], fresh: UpstreamResponse) -> tuple[tuple[str, str], ...]:
@@ -50,6 +62,8 @@ class CacheService:
         store: Store,
         upstream: Upstream,
         cache_hosts: tuple[CacheHost, ...],
+        resilience: Resilience,
+        counters: Counters,
         clock: Callable[[], float] = time.time,
     ) -> None:
         from .rust_dist import RustDist  # rust_dist uses this module's helpers
@@ -57,9 +71,12 @@ class CacheService:
         self.store = store
         self.upstream = upstream
         self.cache_hosts = cache_hosts
+        self.resilience = resilience
+        self.counters = counters
         self._clock = clock
         self._registries: dict[tuple[str, str], Registry] = {("index.crates.io", ""): policy.CRATES_IO}
         self._learned_configs: set[str] = set()
+        self._inflight: Inflight[Fetched] = Inflight()
         self.rust = RustDist(self, clock)
 
     @property
@@ -101,13 +118,56 @@ class CacheService:
             return math.inf
         return max(freshness_lifetime(cache_control), decision.min_lifetime)
 
+    async def coalesced(
+        self,
+        decision: Decision,
+        request: ClientRequest,
+        have_copy: bool,
+        start: Callable[[], Coroutine[Any, Any, Fetched]],
+    ) -> Fetched | None:
+        """Join or start the fetch for `decision.key` and wait for it within the deadline that applies.
+        None means the deadline passed (the fetch goes on in the background)."""
+        task, joined = self._inflight.join_or_start(decision.key, start)
+        if joined:
+            self.counters.coalesced[decision.kind.value] += 1
+        deadline = self.resilience.stale_after if have_copy else self.resilience.miss_timeout
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), deadline)
+        except TimeoutError:
+            if have_copy:
+                self.counters.background_refreshes[decision.kind.value] += 1
+            return None
+
+    def too_slow(self, request: ClientRequest, have_copy: bool) -> str:
+        deadline = self.resilience.stale_after if have_copy else self.resilience.miss_timeout
+        return f"{request.host}: no answer from upstream within {deadline:g}s"
+
     async def revalidating(self, decision: Decision, request: ClientRequest, force: bool = False) -> Reply:
-        """Fresh: serve. Stale or absent: ask upstream (conditionally when we hold a copy). Upstream failing:
-        serve what we hold, marked STALE, else a clear 502/504."""
+        """Fresh: serve. Stale or absent: ask upstream (conditionally when we hold a copy). Upstream failing
+        or too slow: serve what we hold, marked STALE, else a clear 502/504."""
         entry = await asyncio.to_thread(self.store.lookup, decision.key)
-        now = self._clock()
-        if entry is not None and not force and is_fresh(entry.stored_at, entry.lifetime, now):
+        if entry is not None and not force and is_fresh(entry.stored_at, entry.lifetime, self._clock()):
             return await self.answer(entry, request, Outcome.HIT)
+        fetched = await self.coalesced(
+            decision, request, entry is not None, lambda: self._refetch(decision, request, entry)
+        )
+        if fetched is None:
+            reason = self.too_slow(request, entry is not None) + "; refreshing in the background"
+            if entry is not None:
+                return await self.answer(entry, request, Outcome.STALE, note=reason)
+            return error_reply(504, self.too_slow(request, False))
+        if fetched.error is not None:
+            current = entry or await asyncio.to_thread(self.store.lookup, decision.key)
+            if current is not None:
+                return await self.answer(current, request, Outcome.STALE, note=fetched.error.reason)
+            return error_reply(fetched.error.status, fetched.error.reason)
+        if fetched.reply is not None:
+            return fetched.reply
+        assert fetched.entry is not None
+        return await self.answer(fetched.entry, request, fetched.outcome, body=fetched.body)
+
+    async def _refetch(self, decision: Decision, request: ClientRequest, entry: Entry | None) -> Fetched:
+        """One conditional fetch and what it does to the store. Runs as a shared task; never raises."""
         headers = upstream_headers(request)
         if entry is not None:
             if entry.etag:
@@ -117,67 +177,82 @@ class CacheService:
         try:
             response = await self.upstream.get(request.url, headers)
         except UpstreamError as exc:
-            if entry is not None:
-                return await self.answer(entry, request, Outcome.STALE, note=exc.reason)
-            return error_reply(exc.status, exc.reason)
+            return Fetched(error=exc)
+        now = self._clock()
         if response.status == 304 and entry is not None:
             merged = _merge_validators(entry.headers, response)
             lifetime = self.lifetime(decision, dict(merged).get("cache-control"))
-            entry = await asyncio.to_thread(self.store.refresh, entry, now, merged, lifetime)
-            return await self.answer(entry, request, Outcome.REVALIDATED)
-        if response.status == 200:
-            return await self._store_and_answer(decision, request, response, now)
+            refreshed = await asyncio.to_thread(self.store.refresh, entry, now, merged, lifetime)
+            return Fetched(refreshed, Outcome.REVALIDATED)
+        headers_kept = selected(response.headers, STORED_HEADERS)
         if response.status >= 500 or response.status == 304:
-            reason = f"{request.host}: upstream answered {response.status}"
-            if entry is not None:
-                return await self.answer(entry, request, Outcome.STALE, note=reason)
-            return error_reply(502, reason)
-        if response.status in (404, 410, 451) and entry is not None:
-            await asyncio.to_thread(self.store.delete, decision.key)
-        return Reply(response.status, selected(response.headers, STORED_HEADERS), response.body, Outcome.MISS)
-
-    async def _store_and_answer(
-        self, decision: Decision, request: ClientRequest, response: UpstreamResponse, now: float
-    ) -> Reply:
+            return Fetched(
+                error=UpstreamError(f"{request.host}: upstream answered {response.status}", 502, "status_5xx")
+            )
         cache_control = parse_cache_control(response.header("cache-control"))
-        headers = selected(response.headers, STORED_HEADERS)
         if cache_control.no_store or cache_control.private:
             note = "not stored: upstream said no-store/private"
-            return Reply(200, headers, response.body, Outcome.MISS, note=note)
-        lifetime = self.lifetime(decision, response.header("cache-control"))
-        entry = await asyncio.to_thread(
+            return Fetched(reply=Reply(response.status, headers_kept, response.body, Outcome.MISS, note=note))
+        if response.status == 200:
+            lifetime = self.lifetime(decision, response.header("cache-control"))
+        elif response.status in NEGATIVE_STATUSES and decision.kind is Kind.INDEX and self.resilience.negative_ttl:
+            lifetime = self.resilience.negative_ttl
+        else:
+            if response.status in NEGATIVE_STATUSES and entry is not None:
+                await asyncio.to_thread(self.store.delete, decision.key)
+            return Fetched(reply=Reply(response.status, headers_kept, response.body, Outcome.MISS))
+        stored = await asyncio.to_thread(
             self.store.put,
             decision.key,
             response.body,
-            status=200,
-            headers=headers,
+            status=response.status,
+            headers=headers_kept,
             stored_at=now,
             lifetime=lifetime,
         )
-        return await self.answer(entry, request, Outcome.MISS, body=response.body)
+        return Fetched(stored, Outcome.MISS, body=response.body)
 
     async def _crate(self, decision: Decision, crate: CrateRef, request: ClientRequest) -> Reply:
         """Immutable: a stored copy is always served. A new one is stored only if its sha256 is the `cksum`
-        its registry's index publishes for that version."""
+        its registry's index publishes for that version; a mirror serving anything else is passed over."""
         entry = await asyncio.to_thread(self.store.lookup, decision.key)
         if entry is not None:
             return await self.answer(entry, request, Outcome.HIT)
+        fetched = await self.coalesced(decision, request, False, lambda: self._fetch_crate(decision, crate, request))
+        if fetched is None:
+            return error_reply(504, self.too_slow(request, False))
+        if fetched.error is not None:
+            return error_reply(fetched.error.status, fetched.error.reason)
+        if fetched.reply is not None:
+            return fetched.reply
+        assert fetched.entry is not None
+        return await self.answer(fetched.entry, request, Outcome.MISS, body=fetched.body)
+
+    async def _fetch_crate(self, decision: Decision, crate: CrateRef, request: ClientRequest) -> Fetched:
         expected = await self._published_cksum(crate)
+
+        def matches_cksum(response: UpstreamResponse) -> str | None:
+            if expected is None or response.status != 200:
+                return None
+            actual = hashlib.sha256(response.body).hexdigest()
+            return None if actual == expected else f"{crate.name} {crate.version}: sha256 {actual} is not the cksum"
+
         try:
-            response = await self.upstream.get(request.url, upstream_headers(request))
+            response = await self.upstream.get(request.url, upstream_headers(request), validate=matches_cksum)
         except UpstreamError as exc:
-            return error_reply(exc.status, exc.reason)
+            return Fetched(error=exc)
         headers = selected(response.headers, STORED_HEADERS)
         if response.status != 200:
             if response.status >= 500:
-                return error_reply(502, f"{request.host}: upstream answered {response.status}")
-            return Reply(response.status, headers, response.body, Outcome.MISS)
+                error = UpstreamError(f"{request.host}: upstream answered {response.status}", 502, "status_5xx")
+                return Fetched(error=error)
+            return Fetched(reply=Reply(response.status, headers, response.body, Outcome.MISS))
         if expected is None:
             note = f"not stored: the index does not list {crate.name} {crate.version}"
             logger.warning("%s %s: %s", crate.name, crate.version, note)
-            return Reply(200, headers, response.body, Outcome.MISS, note=note)
+            return Fetched(reply=Reply(200, headers, response.body, Outcome.MISS, note=note))
         try:
-            entry = await asyncio.to_thread(
+            stored = await asyncio.to_thread(
                 self.store.put,
                 decision.key,
                 response.body,
@@ -188,19 +263,20 @@ class CacheService:
                 expected_digest=expected,
             )
         except IntegrityError as exc:
+            self.counters.integrity_failures[Kind.CRATE.value] += 1
             reason = (
                 f"{crate.name} {crate.version}: the download's sha256 {exc.actual} is not the registry's "
                 f"cksum {exc.expected}; not stored"
             )
             logger.warning("integrity failure: %s", reason)
-            return error_reply(502, reason)
-        return await self.answer(entry, request, Outcome.MISS, body=response.body)
+            return Fetched(reply=error_reply(502, reason))
+        return Fetched(stored, Outcome.MISS, body=response.body)
 
     async def _published_cksum(self, crate: CrateRef) -> str | None:
         """The cksum from the stored index file; if it does not list the version (or we hold none), the
         index file is refreshed from upstream once."""
         entry = await asyncio.to_thread(self.store.lookup, crate.index_key)
-        if entry is not None:
+        if entry is not None and entry.status == 200:
             body = await asyncio.to_thread(self.store.read, entry)
             if cksum := sparse_index.published_cksum(body, crate.version):
                 return cksum
@@ -229,7 +305,7 @@ class CacheService:
     async def answer(
         self, entry: Entry, request: ClientRequest, outcome: Outcome, body: bytes | None = None, note: str = ""
     ) -> Reply:
-        if not_modified(request.headers, entry.etag, entry.last_modified):
+        if entry.status == 200 and not_modified(request.headers, entry.etag, entry.last_modified):
             return Reply(304, selected(entry.headers, VALIDATOR_HEADERS), b"", outcome, note)
         if body is None:
             body = await asyncio.to_thread(self.store.read, entry)

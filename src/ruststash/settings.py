@@ -73,6 +73,28 @@ class Origin:
 
 
 @dataclass(frozen=True)
+class Resilience:
+    """How long to wait for upstream, and when to stop asking it (DESIGN.md §4)."""
+
+    stale_after: float = 3.0  # a stored copy exists: wait this long for upstream, then serve it STALE
+    miss_timeout: float = 30.0  # nothing stored: wait this long for upstream, then answer 504
+    read_timeout: float = 30.0  # a large body that stalls this long is abandoned
+    negative_ttl: float = 60.0  # a 404/410/451 for an index file is remembered this long
+    breaker_threshold: int = 3  # consecutive failures that mark an origin down
+    breaker_backoff: float = 5.0  # first down period; doubles with each failed probe
+    breaker_max_backoff: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("stale_after", "miss_timeout", "read_timeout", "breaker_backoff", "breaker_max_backoff"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+        if self.negative_ttl < 0:
+            raise ConfigError("--negative-ttl must not be negative")
+        if self.breaker_threshold < 1:
+            raise ConfigError("--breaker-threshold must be at least 1")
+
+
+@dataclass(frozen=True)
 class Settings:
     listen: HostPort
     admin_listen: HostPort
@@ -81,6 +103,7 @@ class Settings:
     cache_hosts: tuple[CacheHost, ...]
     upstreams: dict[str, tuple[Origin, ...]] = field(default_factory=dict)
     upstream_ca: Path | None = None
+    resilience: Resilience = field(default_factory=Resilience)
 
 
 def parse_host_port(value: str, what: str) -> HostPort:

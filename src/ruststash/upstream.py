@@ -1,24 +1,34 @@
-"""Fetching from upstream origins with a pooled aiohttp client. Library errors become UpstreamError here."""
+"""Fetching from upstream origins with a pooled aiohttp client: origin mapping and failover, redirects,
+a circuit breaker per origin. Library errors become UpstreamError here."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from .breaker import Breaker
+from .counters import Counters
 from .errors import ConfigError, UpstreamError
-from .settings import Origin
+from .settings import Origin, Resilience
+
+logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 # Bodies are held in memory on this path; crates and index files are KB to a few MB.
 MAX_BODY_BYTES = 256 * 1024 * 1024
 # Headers a client sends that upstream needs to answer the same way (cargo's sparse protocol marker).
 FORWARDED_REQUEST_HEADERS = ("user-agent", "accept", "cargo-protocol")
+
+# A whole response, checked by the caller: returns why it is unacceptable (try the next origin), or None.
+Validator = Callable[["UpstreamResponse"], str | None]
 
 
 @dataclass(frozen=True)
@@ -65,49 +75,101 @@ def make_ssl_context(extra_ca: Path | None) -> ssl.SSLContext:
 
 
 class Upstream:
-    def __init__(self, mapping: UpstreamMap, ssl_context: ssl.SSLContext, user_agent: str) -> None:
+    def __init__(
+        self,
+        mapping: UpstreamMap,
+        ssl_context: ssl.SSLContext,
+        user_agent: str,
+        resilience: Resilience,
+        counters: Counters,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.mapping = mapping
         self._ssl_context = ssl_context
         self._user_agent = user_agent
+        self._resilience = resilience
+        self._counters = counters
+        self._clock = clock
+        self._breakers: dict[str, Breaker] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(ssl=self._ssl_context, limit=64, limit_per_host=16, ttl_dns_cache=60)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(10.0, self._resilience.miss_timeout), sock_read=self._resilience.read_timeout
+        )
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
-    async def get(self, url: str, headers: dict[str, str]) -> UpstreamResponse:
-        """GET `url` whole from the first of its origins that answers; 3xx are followed (through the same
-        mapping). Raises UpstreamError when no origin gave a complete response."""
-        async with self.stream(url, headers) as response:
-            host = urlsplit(response.url).netloc
-            with _mapped_errors(host):
-                body = await _read_body(response.raw, host)
-            return UpstreamResponse(response.status, response.headers, body, response.url)
+    def breaker(self, origin: str) -> Breaker:
+        """The breaker of one origin (scheme://host:port)."""
+        if origin not in self._breakers:
+            r = self._resilience
+            self._breakers[origin] = Breaker(r.breaker_threshold, r.breaker_backoff, r.breaker_max_backoff)
+        return self._breakers[origin]
+
+    def breaker_states(self) -> dict[str, str]:
+        now = self._clock()
+        return {origin: breaker.state(now).value for origin, breaker in self._breakers.items()}
+
+    async def get(self, url: str, headers: dict[str, str], validate: Validator | None = None) -> UpstreamResponse:
+        """GET `url` whole from the first of its origins that gives an acceptable answer; 3xx are followed
+        (through the same mapping). `validate` may reject a body (a corrupt mirror): the next origin is
+        tried, and if none is acceptable the last answer is returned for the caller to refuse.
+
+        Raises UpstreamError when no origin gave a complete response."""
+        errors: list[str] = []
+        last_error: UpstreamError | None = None
+        candidates = self.mapping.urls(url)
+        for index, candidate in enumerate(candidates):
+            try:
+                async with self._opened(candidate, headers) as response:
+                    body = await response.read_all()
+            except UpstreamError as exc:
+                errors.append(exc.reason)
+                last_error = exc
+                continue
+            result = UpstreamResponse(response.status, response.headers, body, response.url)
+            problem = validate(result) if validate is not None else None
+            if problem is not None and index + 1 < len(candidates):
+                logger.warning("rejected %s: %s; trying the next origin", candidate, problem)
+                errors.append(problem)
+                continue
+            return result
+        assert last_error is not None
+        raise UpstreamError("; ".join(errors), last_error.status, last_error.cause)
 
     @contextlib.asynccontextmanager
     async def stream(self, url: str, headers: dict[str, str]) -> AsyncIterator[StreamingResponse]:
-        """Open `url` and yield once the response headers are in; the body is read by the caller through
-        `chunks()`. Origins are tried in order until one answers (any HTTP status counts as an answer)."""
+        """Open `url` and yield once the response headers are in; the body is read through `chunks()`.
+        Origins are tried in order until one answers (any HTTP status counts as an answer)."""
         errors: list[str] = []
-        status = 502
+        last_error: UpstreamError | None = None
         for candidate in self.mapping.urls(url):
             try:
                 response = await self._open_following(candidate, headers)
             except UpstreamError as exc:
                 errors.append(exc.reason)
-                status = exc.status
+                last_error = exc
                 continue
             try:
                 yield response
             finally:
                 response.raw.release()
             return
-        raise UpstreamError("; ".join(errors), status)
+        assert last_error is not None
+        raise UpstreamError("; ".join(errors), last_error.status, last_error.cause)
+
+    @contextlib.asynccontextmanager
+    async def _opened(self, url: str, headers: dict[str, str]) -> AsyncIterator[StreamingResponse]:
+        response = await self._open_following(url, headers)
+        try:
+            yield response
+        finally:
+            response.raw.release()
 
     async def _open_following(self, url: str, headers: dict[str, str]) -> StreamingResponse:
         for _ in range(MAX_REDIRECTS + 1):
@@ -121,21 +183,47 @@ class Upstream:
 
     async def _open_once(self, url: str, headers: dict[str, str]) -> StreamingResponse:
         assert self._session is not None, "Upstream.start() was not called"
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        breaker = self.breaker(origin)
+        now = self._clock()
+        if not breaker.allow(now):
+            error = UpstreamError(
+                f"{parts.netloc}: marked down after repeated failures; next try in {breaker.retry_in(now):.0f}s",
+                503,
+                "circuit_open",
+            )
+            self._counters.upstream_errors[error.cause] += 1
+            raise error
         send = {"user-agent": self._user_agent, **headers}
-        with _mapped_errors(urlsplit(url).netloc):
-            raw = await self._session.get(url, headers=send, allow_redirects=False)
-        return StreamingResponse(raw, url)
+        try:
+            with _mapped_errors(parts.netloc):
+                raw = await self._session.get(url, headers=send, allow_redirects=False)
+        except UpstreamError as exc:
+            self._failed(breaker, exc)
+            raise
+        if raw.status >= 500:
+            self._counters.upstream_errors["status_5xx"] += 1
+            breaker.record_failure(self._clock())
+        else:
+            breaker.record_success()
+        return StreamingResponse(raw, url, lambda exc: self._failed(breaker, exc))
+
+    def _failed(self, breaker: Breaker, error: UpstreamError) -> None:
+        self._counters.upstream_errors[error.cause] += 1
+        breaker.record_failure(self._clock())
 
 
 class StreamingResponse:
     """An upstream response whose headers are in and whose body is still to be read."""
 
-    def __init__(self, raw: aiohttp.ClientResponse, url: str) -> None:
+    def __init__(self, raw: aiohttp.ClientResponse, url: str, on_failure: Callable[[UpstreamError], None]) -> None:
         self.raw = raw
         self.url = url
         self.status = raw.status
         self.headers = tuple(raw.headers.items())
         self.content_length = raw.content_length if not raw.headers.get("content-encoding") else None
+        self._on_failure = on_failure
 
     def headers_dict(self) -> dict[str, str]:
         return {k.lower(): v for k, v in self.headers}
@@ -144,50 +232,54 @@ class StreamingResponse:
         """The body in chunks; raises UpstreamError if it breaks off or is shorter than Content-Length."""
         host = urlsplit(self.url).netloc
         received = 0
-        with _mapped_errors(host):
-            async for chunk in self.raw.content.iter_chunked(size):
-                received += len(chunk)
-                yield chunk
-        if self.content_length is not None and received != self.content_length:
-            raise UpstreamError(f"{host}: body truncated ({received} of {self.content_length} bytes)")
+        try:
+            with _mapped_errors(host):
+                async for chunk in self.raw.content.iter_chunked(size):
+                    received += len(chunk)
+                    yield chunk
+            if self.content_length is not None and received != self.content_length:
+                raise UpstreamError(
+                    f"{host}: body truncated ({received} of {self.content_length} bytes)", cause="truncated"
+                )
+        except UpstreamError as exc:
+            self._on_failure(exc)
+            raise
+
+    async def read_all(self) -> bytes:
+        """The whole body, up to MAX_BODY_BYTES."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise UpstreamError(f"{urlsplit(self.url).netloc}: body larger than {MAX_BODY_BYTES} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
 
 
 @contextlib.contextmanager
 def _mapped_errors(host: str) -> Iterator[None]:
-    """aiohttp's exceptions become UpstreamError with a one-line reason (and 504 for timeouts)."""
+    """aiohttp's exceptions become UpstreamError with a one-line reason, a status and a cause."""
     try:
         yield
     except UpstreamError:
         raise
     except aiohttp.ClientConnectorCertificateError as exc:
-        raise UpstreamError(f"{host}: TLS certificate not trusted ({exc.certificate_error})") from exc
+        raise UpstreamError(f"{host}: TLS certificate not trusted ({exc.certificate_error})", cause="tls") from exc
     except aiohttp.ClientSSLError as exc:
-        raise UpstreamError(f"{host}: TLS error ({exc})") from exc
+        raise UpstreamError(f"{host}: TLS error ({exc})", cause="tls") from exc
     except aiohttp.ClientConnectorDNSError as exc:
-        raise UpstreamError(f"{host}: DNS lookup failed") from exc
+        raise UpstreamError(f"{host}: DNS lookup failed", cause="dns") from exc
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(f"{host}: cannot connect ({exc.os_error.strerror or exc.os_error})") from exc
+        reason = exc.os_error.strerror or exc.os_error
+        raise UpstreamError(f"{host}: cannot connect ({reason})", cause="connect") from exc
     except TimeoutError as exc:
-        raise UpstreamError(f"{host}: timed out", 504) from exc
+        raise UpstreamError(f"{host}: timed out", 504, "timeout") from exc
     except aiohttp.ClientPayloadError as exc:
-        raise UpstreamError(f"{host}: body cut short ({exc})") from exc
+        raise UpstreamError(f"{host}: body cut short ({exc})", cause="truncated") from exc
     except aiohttp.ServerDisconnectedError as exc:
-        raise UpstreamError(f"{host}: connection closed before a full response") from exc
+        raise UpstreamError(f"{host}: connection closed before a full response", cause="reset") from exc
+    except (aiohttp.ClientOSError, ConnectionResetError) as exc:
+        raise UpstreamError(f"{host}: connection reset ({exc})", cause="reset") from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(f"{host}: {type(exc).__name__}: {exc}") from exc
-
-
-async def _read_body(response: aiohttp.ClientResponse, host: str) -> bytes:
-    """The whole body, up to MAX_BODY_BYTES (a read returns what has arrived so far, not all of it)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(1 << 20):
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise UpstreamError(f"{host}: body larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    expected = response.content_length
-    if expected is not None and not response.headers.get("content-encoding") and len(body) != expected:
-        raise UpstreamError(f"{host}: body truncated ({len(body)} of {expected} bytes)")
-    return body
