@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from ruststash.sparse_index import config_dl, published_cksum
+from ruststash.sparse_index import config_dl, config_problem, index_file_problem, published_cksum
 
 A = "a" * 64
 B = "b" * 64
@@ -30,3 +30,16 @@ def test_config_dl() -> None:
     )
     assert config_dl(b"[]") is None
     assert config_dl(b"{") is None
+
+
+def test_index_file_problem() -> None:
+    good = "\n".join(json.dumps({"name": "foo", "vers": v, "cksum": A}) for v in ("1.0.0", "1.0.1")).encode()
+    assert index_file_problem(good + b"\n") is None
+    assert index_file_problem(b"<html>captive portal</html>") == "line 1 is not JSON"
+    assert index_file_problem(b'{"name": "foo"}') == "line 1 is not an index entry"
+    assert index_file_problem(bytes(255 - b for b in good)) == "not UTF-8"
+
+
+def test_config_problem() -> None:
+    assert config_problem(b'{"dl": "https://static.crates.io/crates"}') is None
+    assert config_problem(b"<html>") is not None

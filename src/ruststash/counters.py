@@ -17,6 +17,7 @@ UPSTREAM_CAUSES = (
     "truncated",
     "status_5xx",
     "circuit_open",
+    "invalid",
     "other",
 )
 

@@ -52,6 +52,16 @@ def _merge_validators(stored: tuple[tuple[str, str], ...], fresh: UpstreamRespon
     return kept + tuple(updates.items())
 
 
+def _body_problem(kind: Kind, body: bytes) -> str | None:
+    match kind:
+        case Kind.INDEX:
+            return sparse_index.index_file_problem(body)
+        case Kind.CONFIG:
+            return sparse_index.config_problem(body)
+        case _:
+            return None
+
+
 def upstream_headers(request: ClientRequest) -> dict[str, str]:
     return {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
 
@@ -194,6 +204,9 @@ class CacheService:
             note = "not stored: upstream said no-store/private"
             return Fetched(reply=Reply(response.status, headers_kept, response.body, Outcome.MISS, note=note))
         if response.status == 200:
+            if problem := _body_problem(decision.kind, response.body):
+                reason = f"{request.host}{request.path}: upstream sent a body that is {problem}; not stored"
+                return Fetched(error=UpstreamError(reason, 502, "invalid"))
             lifetime = self.lifetime(decision, response.header("cache-control"))
         elif response.status in NEGATIVE_STATUSES and decision.kind is Kind.INDEX and self.resilience.negative_ttl:
             lifetime = self.resilience.negative_ttl

@@ -33,3 +33,27 @@ def config_dl(config_json: bytes) -> str | None:
         return None
     dl = config.get("dl") if isinstance(config, dict) else None
     return dl if isinstance(dl, str) else None
+
+
+def index_file_problem(body: bytes) -> str | None:
+    """Why `body` cannot be a sparse index file (each line a JSON object with `name`, `vers` and `cksum`),
+    or None. A captive portal's HTML page or a corrupted transfer must not replace a good stored copy."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return f"line {number} is not JSON"
+        if not isinstance(record, dict) or not {"name", "vers", "cksum"} <= record.keys():
+            return f"line {number} is not an index entry"
+    return None
+
+
+def config_problem(body: bytes) -> str | None:
+    """Why `body` cannot be a registry's config.json (a JSON object with a string `dl`), or None."""
+    return None if config_dl(body) is not None else "not a JSON object with a `dl` URL"

@@ -129,7 +129,8 @@ class _State:
 class FakeCratesIo:
     """A fake crates.io serving `registry` over TLS. `dl` overrides config.json's `dl` (default crates.io's);
     `{static_url}` in it is replaced by `static_url` (see `DIRECT_DL`). `index_cache_control` is what
-    config.json and index files say (crates.io: `public,max-age=600`).
+    config.json and index files say (crates.io: `public,max-age=600`). With `conditional=False` validators
+    are ignored and every response is a full 200 (so a fault applies to revalidations too).
 
     Started on construction; `stop()`/`start()` take both listeners down/up (same ports), `close()` ends it.
     """
@@ -140,9 +141,11 @@ class FakeCratesIo:
         tls: OriginTLS,
         dl: str | None = None,
         index_cache_control: str = INDEX_CACHE_CONTROL,
+        conditional: bool = True,
     ) -> None:
         self.registry = registry
         self.index_cache_control = index_cache_control
+        self.conditional = conditional
         self._config = {**DEFAULT_CONFIG, **({"dl": dl} if dl else {})}
         start = time.time() - 3600
         self._state = _State(crates=list(registry.crates))
@@ -325,9 +328,8 @@ class FakeCratesIo:
             data = corrupted(data)
         return self._conditional(request, data, "application/gzip", CRATE_CACHE_CONTROL, modified)
 
-    @staticmethod
     def _conditional(
-        request: web.Request, body: bytes, content_type: str, cache_control: str, modified: float
+        self, request: web.Request, body: bytes, content_type: str, cache_control: str, modified: float
     ) -> web.Response:
         headers = {
             "ETag": _etag(body),
@@ -335,9 +337,10 @@ class FakeCratesIo:
             "Cache-Control": cache_control,
         }
         inm, ims = request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")
-        if (inm is not None and _etag_matches(inm, headers["ETag"])) or (
+        matches = (inm is not None and _etag_matches(inm, headers["ETag"])) or (
             inm is None and ims is not None and _not_modified_since(ims, modified)
-        ):
+        )
+        if self.conditional and matches:
             return web.Response(status=304, headers=headers)
         return web.Response(body=body, content_type=content_type, headers=headers)
 
