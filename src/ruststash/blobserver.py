@@ -76,7 +76,7 @@ class BlobServer:
             if request.transport is not None:
                 request.transport.abort()
             return response
-        except ConnectionResetError:
+        except ConnectionError:
             # The client went away; the download itself goes on (other clients, and the store, want it).
             return response
         await response.write_eof()
