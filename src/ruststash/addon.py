@@ -92,7 +92,7 @@ class RuststashAddon:
             self._stream(flow, request, reply, decision.kind.value)
             return
         flow.response = make_response(reply)
-        self.service.counters.request(decision.kind.value, reply.outcome.value, len(reply.body))
+        self.service.metrics.request(decision.kind.value, reply.outcome.value, len(reply.body))
         log_request(
             method=request.method,
             host=request.host,
@@ -140,7 +140,7 @@ class RuststashAddon:
         length = flow.response.headers.get("content-length", "")
         size = int(length) if length.isdigit() else (forwarded.size or 0)
         outcome = flow.response.headers.get("x-cache", forwarded.outcome.value)
-        self.service.counters.request(forwarded.kind, outcome, size)
+        self.service.metrics.request(forwarded.kind, outcome, size)
         log_request(
             method=flow.request.method,
             host=forwarded.host,
@@ -156,7 +156,7 @@ class RuststashAddon:
         forwarded = flow.metadata.get(_MARK)
         if forwarded is None or flow.error is None:
             return
-        self.service.counters.request(forwarded.kind, Outcome.ERROR.value, 0)
+        self.service.metrics.request(forwarded.kind, Outcome.ERROR.value, 0)
         log_request(
             method=flow.request.method,
             host=forwarded.host,

@@ -1,32 +1,95 @@
-"""The admin HTTP server (aiohttp), on the proxy's event loop: health now, metrics and stats later."""
+"""The admin HTTP server (aiohttp), on the proxy's event loop: health, readiness, metrics and stats."""
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
-from .errors import StartupError
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .ca import ca_files
+from .errors import StartupError, StoreError
+from .metrics import Metrics, StoreFigures
 from .service import CacheService
 from .settings import HostPort
 
+# Below this much free space the proxy is not ready: it could not store what it fetches.
+MIN_FREE_BYTES = 64 * 1024 * 1024
 
-async def healthz(_: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
 
+@dataclass
+class Admin:
+    service: CacheService
+    metrics: Metrics
+    data_dir: Path
+    max_bytes: int = 0
 
-def make_app(service: CacheService) -> web.Application:
-    async def stats(_: web.Request) -> web.Response:
-        """Counters since start and each upstream origin's breaker state (JSON)."""
-        body = {**service.counters.snapshot(), "upstreams": service.upstream.breaker_states()}
+    def __post_init__(self) -> None:
+        self._breakers: dict[str, str] = {}
+        self.metrics.add_scrape_time(self.store_figures, lambda: self._breakers)
+
+    def store_figures(self) -> StoreFigures:
+        store = self.service.store
+        used, entries = store.usage()
+        free = shutil.disk_usage(store.directory).free
+        return StoreFigures(used, entries, self.max_bytes, free, store.evictions)
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        checks = await asyncio.to_thread(self._readiness)
+        ready = all(value == "ok" for value in checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    def _readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            self.service.store.check()
+            checks["store"] = "ok"
+        except StoreError as exc:
+            checks["store"] = str(exc)
+        key = ca_files(self.data_dir).key_and_cert
+        checks["ca"] = "ok" if key.is_file() else f"{key} is missing"
+        free = shutil.disk_usage(self.service.store.directory).free
+        checks["disk"] = "ok" if free >= MIN_FREE_BYTES else f"only {free} bytes free in the cache directory"
+        return checks
+
+    async def metrics_page(self, _: web.Request) -> web.Response:
+        self._breakers = self.service.upstream.breaker_states()  # read on the loop that changes them
+        body = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+    async def stats(self, _: web.Request) -> web.Response:
+        """Counters since start, the store's figures and each upstream origin's breaker state (JSON)."""
+        figures = await asyncio.to_thread(self.store_figures)
+        body = {
+            **self.metrics.snapshot(),
+            "store": {
+                "bytes": figures.bytes,
+                "entries": figures.entries,
+                "max_bytes": figures.max_bytes,
+                "free_bytes": figures.free_bytes,
+                "evictions": figures.evictions,
+            },
+            "upstreams": self.service.upstream.breaker_states(),
+        }
         return web.json_response(body)
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/api/stats", stats)
-    return app
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/api/stats", self.stats)
+        return app
 
 
-async def start_admin(listen: HostPort, service: CacheService) -> web.AppRunner:
-    runner = web.AppRunner(make_app(service), handle_signals=False, access_log=None)
+async def start_admin(listen: HostPort, admin: Admin) -> web.AppRunner:
+    runner = web.AppRunner(admin.app(), handle_signals=False, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()

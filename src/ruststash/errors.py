@@ -18,7 +18,7 @@ class StartupError(RuststashError):
 
 class UpstreamError(RuststashError):
     """Upstream could not give an answer. `status` is the HTTP status to give the client (502 or 504);
-    `cause` is one of a small fixed set (see `counters.UPSTREAM_CAUSES`) for counting."""
+    `cause` is one of a small fixed set (see `metrics.UPSTREAM_CAUSES`) for counting."""
 
     def __init__(self, reason: str, status: int = 502, cause: str = "other") -> None:
         super().__init__(reason)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .counters import Counters
 from .errors import IntegrityError, StoreError, UpstreamError
+from .metrics import Metrics
 from .store import BlobWriter, Entry, Store
 from .upstream import Upstream
 
@@ -45,10 +45,10 @@ class Fill:
         key: str,
         expected_digest: str | None,
         stored_headers: tuple[str, ...],
-        counters: Counters,
+        metrics: Metrics,
     ) -> None:
         self.store = store
-        self._counters = counters
+        self._metrics = metrics
         self.key = key
         self.expected_digest = expected_digest
         self._stored_headers = stored_headers
@@ -93,7 +93,7 @@ class Fill:
         except UpstreamError as exc:
             self._fail(exc.reason, FillHead(0, (), None, exc.reason, exc.status))
         except IntegrityError as exc:
-            self._counters.integrity_failures["archive"] += 1
+            self._metrics.integrity_failure("archive")
             self._fail(f"sha256 {exc.actual} is not the published {exc.expected}; not stored", None)
         except (StoreError, OSError) as exc:
             self._fail(f"cache store failure: {exc}", FillHead(0, (), None, f"cache store failure: {exc}", 503))

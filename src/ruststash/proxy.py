@@ -15,13 +15,14 @@ from mitmproxy import options
 from mitmproxy.addons import block, core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 from mitmproxy.utils import asyncio_utils
+from prometheus_client import CollectorRegistry
 
 from . import __version__, ca
 from .addon import RuststashAddon
-from .admin import start_admin
+from .admin import Admin, start_admin
 from .blobserver import BlobServer
-from .counters import Counters
 from .errors import StartupError
+from .metrics import Metrics
 from .service import CacheService
 from .settings import HostPort, Settings
 from .store import Store
@@ -61,19 +62,21 @@ def mitmproxy_options(settings: Settings) -> dict[str, object]:
 
 
 @contextlib.asynccontextmanager
-async def running_service(settings: Settings, counters: Counters) -> AsyncIterator[tuple[CacheService, UpstreamMap]]:
+async def running_service(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[CacheService, UpstreamMap]]:
     store = await asyncio.to_thread(Store, settings.cache_dir)
     upstream_map = UpstreamMap(settings.upstreams)
+    known = upstream_map.known_origins(h.host for h in settings.cache_hosts)
     upstream = Upstream(
         upstream_map,
         make_ssl_context(settings.upstream_ca),
         f"ruststash/{__version__}",
         settings.resilience,
-        counters,
+        metrics,
+        known,
     )
     await upstream.start()
     try:
-        yield CacheService(store, upstream, settings.cache_hosts, settings.resilience, counters), upstream_map
+        yield CacheService(store, upstream, settings.cache_hosts, settings.resilience, metrics), upstream_map
     finally:
         await upstream.close()
         await asyncio.to_thread(store.close)
@@ -97,8 +100,9 @@ async def serve(settings: Settings) -> None:
     check_port_free(settings.listen, "--listen")
     check_port_free(settings.admin_listen, "--admin-listen")
 
-    counters = Counters()
-    async with running_service(settings, counters) as (service, upstream_map), serving_blobs() as blobs:
+    known = UpstreamMap(settings.upstreams).known_origins(h.host for h in settings.cache_hosts)
+    metrics = Metrics(CollectorRegistry(), upstreams=known)
+    async with running_service(settings, metrics) as (service, upstream_map), serving_blobs() as blobs:
         master = Master(options.Options(), with_termlog=False)
         master.addons.add(
             core.Core(),
@@ -119,7 +123,7 @@ async def serve(settings: Settings) -> None:
             ps = master.addons.get("proxyserver")
             if not await ps.setup_servers():
                 raise StartupError(f"cannot listen on {settings.listen} (--listen)")
-            admin = await start_admin(settings.admin_listen, service)
+            admin = await start_admin(settings.admin_listen, Admin(service, metrics, settings.data_dir))
             try:
                 await master.running()
                 logger.info(

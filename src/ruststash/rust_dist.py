@@ -160,7 +160,7 @@ class RustDist:
         if fill is None:
             fill = await self._start_fill(decision, request)
         else:
-            self._service.counters.coalesced[decision.kind.value] += 1
+            self._service.metrics.coalesced_request(decision.kind.value)
         try:
             head = await asyncio.wait_for(asyncio.shield(fill.head), self._service.resilience.miss_timeout)
         except TimeoutError:
@@ -183,7 +183,7 @@ class RustDist:
 
     async def _start_fill(self, decision: Decision, request: ClientRequest) -> Fill:
         # Registered before the first await, so clients arriving meanwhile join this download.
-        fill = Fill(self._store, decision.key, None, STORED_HEADERS, self._service.counters)
+        fill = Fill(self._store, decision.key, None, STORED_HEADERS, self._service.metrics)
         self._fills[decision.key] = fill
         try:
             fill.expected_digest = await asyncio.to_thread(self._store.get_meta, _hash_key(request.host, request.path))

@@ -20,10 +20,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import policy, sparse_index
-from .counters import Counters
 from .errors import IntegrityError, StoreError, UpstreamError
 from .freshness import freshness_lifetime, is_fresh, not_modified, parse_cache_control
 from .inflight import Inflight
+from .metrics import Metrics
 from .policy import CrateRef, Decision, Kind, Registry, Rule
 from .replies import (
     STORED_HEADERS,
@@ -73,7 +73,7 @@ class CacheService:
         upstream: Upstream,
         cache_hosts: tuple[CacheHost, ...],
         resilience: Resilience,
-        counters: Counters,
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         from .rust_dist import RustDist  # rust_dist uses this module's helpers
@@ -82,7 +82,7 @@ class CacheService:
         self.upstream = upstream
         self.cache_hosts = cache_hosts
         self.resilience = resilience
-        self.counters = counters
+        self.metrics = metrics
         self._clock = clock
         self._registries: dict[tuple[str, str], Registry] = {("index.crates.io", ""): policy.CRATES_IO}
         self._learned_configs: set[str] = set()
@@ -139,13 +139,13 @@ class CacheService:
         None means the deadline passed (the fetch goes on in the background)."""
         task, joined = self._inflight.join_or_start(decision.key, start)
         if joined:
-            self.counters.coalesced[decision.kind.value] += 1
+            self.metrics.coalesced_request(decision.kind.value)
         deadline = self.resilience.stale_after if have_copy else self.resilience.miss_timeout
         try:
             return await asyncio.wait_for(asyncio.shield(task), deadline)
         except TimeoutError:
             if have_copy:
-                self.counters.background_refreshes[decision.kind.value] += 1
+                self.metrics.background_refresh(decision.kind.value)
             return None
 
     def too_slow(self, request: ClientRequest, have_copy: bool) -> str:
@@ -276,7 +276,7 @@ class CacheService:
                 expected_digest=expected,
             )
         except IntegrityError as exc:
-            self.counters.integrity_failures[Kind.CRATE.value] += 1
+            self.metrics.integrity_failure(Kind.CRATE.value)
             reason = (
                 f"{crate.name} {crate.version}: the download's sha256 {exc.actual} is not the registry's "
                 f"cksum {exc.expected}; not stored"

@@ -65,6 +65,12 @@ class Origin:
     port: int
     path_prefix: str
 
+    @property
+    def base(self) -> str:
+        """`scheme://host:port`, as the breaker and metrics name an origin."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
     def url_for(self, path: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         default_port = 443 if self.scheme == "https" else 80

@@ -88,12 +88,14 @@ class Store:
         self.directory = directory
         self._blobs = directory / "blobs"
         self._tmp = directory / "tmp"
+        self.evictions = 0
         try:
             self._check_format()
             self._blobs.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp.mkdir(parents=True, exist_ok=True)
             self._index = diskcache.Cache(str(directory / "index"), eviction_policy="none", size_limit=2**62)
+            self._meta = diskcache.Cache(str(directory / "meta"), eviction_policy="none", size_limit=2**62)
         except OSError as exc:
             raise StoreError(f"cannot open the store in {directory}: {exc.strerror or exc}") from exc
 
@@ -114,6 +116,24 @@ class Store:
 
     def close(self) -> None:
         self._index.close()
+        self._meta.close()
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes of stored bodies, number of entries). Walks the blob directory: call it off the loop."""
+        total = 0
+        for fan in os.scandir(self._blobs):
+            if fan.is_dir():
+                total += sum(blob.stat().st_size for blob in os.scandir(fan.path) if blob.is_file())
+        return total, len(self._index)
+
+    def check(self) -> None:
+        """Raise StoreError unless the index answers and a body could be written now."""
+        try:
+            len(self._index)
+            probe = self.writer()
+            probe.abort()
+        except OSError as exc:
+            raise StoreError(f"the store cannot be written: {exc.strerror or exc}") from exc
 
     def blob_path(self, digest: str) -> Path:
         return self._blobs / digest[:2] / digest
@@ -184,16 +204,16 @@ class Store:
     def delete(self, key: str) -> None:
         self._index.delete(key)
 
-    # Small facts learned from stored bodies (the sha256 a manifest gives each archive), under `meta:` keys
-    # that never collide with entry keys (those start with a kind).
+    # Small facts learned from stored bodies (the sha256 a manifest gives each archive), kept apart from
+    # the entries.
 
     def put_meta(self, values: dict[str, str]) -> None:
-        with self._index.transact():
+        with self._meta.transact():
             for key, value in values.items():
-                self._index.set(f"meta:{key}", value)
+                self._meta.set(key, value)
 
     def get_meta(self, key: str) -> str | None:
-        value = self._index.get(f"meta:{key}")
+        value = self._meta.get(key)
         return value if isinstance(value, str) else None
 
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -15,8 +15,8 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from .breaker import Breaker
-from .counters import Counters
 from .errors import ConfigError, UpstreamError
+from .metrics import Metrics
 from .settings import Origin, Resilience
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,14 @@ class UpstreamMap:
 
     def __init__(self, upstreams: dict[str, tuple[Origin, ...]]) -> None:
         self._upstreams = upstreams
+
+    def known_origins(self, hosts: Iterable[str]) -> tuple[str, ...]:
+        """`scheme://host:port` of every origin requests for `hosts` may go to (for metrics at zero)."""
+        found: dict[str, None] = {}
+        for host in hosts:
+            for origin in self.origins("https", host, 443):
+                found[origin.base] = None
+        return tuple(found)
 
     def origins(self, scheme: str, host: str, port: int) -> tuple[Origin, ...]:
         mapped = self._upstreams.get(host.lower())
@@ -81,16 +89,19 @@ class Upstream:
         ssl_context: ssl.SSLContext,
         user_agent: str,
         resilience: Resilience,
-        counters: Counters,
+        metrics: Metrics,
+        known_origins: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.mapping = mapping
         self._ssl_context = ssl_context
         self._user_agent = user_agent
         self._resilience = resilience
-        self._counters = counters
+        self._metrics = metrics
         self._clock = clock
         self._breakers: dict[str, Breaker] = {}
+        for origin in known_origins:
+            self.breaker(origin)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -193,24 +204,26 @@ class Upstream:
                 503,
                 "circuit_open",
             )
-            self._counters.upstream_errors[error.cause] += 1
+            self._metrics.upstream_error(error.cause)
             raise error
         send = {"user-agent": self._user_agent, **headers}
+        started = time.monotonic()
         try:
             with _mapped_errors(parts.netloc):
                 raw = await self._session.get(url, headers=send, allow_redirects=False)
         except UpstreamError as exc:
             self._failed(breaker, exc)
             raise
+        self._metrics.observe_upstream(origin, time.monotonic() - started)
         if raw.status >= 500:
-            self._counters.upstream_errors["status_5xx"] += 1
+            self._metrics.upstream_error("status_5xx")
             breaker.record_failure(self._clock())
         else:
             breaker.record_success()
         return StreamingResponse(raw, url, lambda exc: self._failed(breaker, exc))
 
     def _failed(self, breaker: Breaker, error: UpstreamError) -> None:
-        self._counters.upstream_errors[error.cause] += 1
+        self._metrics.upstream_error(error.cause)
         breaker.record_failure(self._clock())
 
 

@@ -35,7 +35,16 @@ from .tls import OriginTLS
 
 Site = Literal["index", "static"]
 FaultMode = Literal[
-    "refuse", "hang", "slow_headers", "trickle", "truncate", "reset", "status_500", "status_503", "corrupt"
+    "refuse",
+    "hang",
+    "slow_headers",
+    "trickle",
+    "truncate",
+    "reset",
+    "status_500",
+    "status_503",
+    "corrupt",
+    "throttle",
 ]
 FAULT_MODES: tuple[str, ...] = get_args(FaultMode)
 
@@ -43,6 +52,7 @@ FAULT_MODES: tuple[str, ...] = get_args(FaultMode)
 DIRECT_DL = "{static_url}/crates"
 DEFAULT_CONFIG = {"dl": "https://static.crates.io/crates", "api": "https://crates.io"}
 INDEX_CACHE_CONTROL = "public,max-age=600"
+DEFAULT_THROTTLE_RATE = 256 * 1024  # bytes per second
 CRATE_CACHE_CONTROL = "public,max-age=31536000,immutable"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,6 +84,10 @@ class Fault:
     - truncate: send the headers (full Content-Length) and half the body, then close
     - status_500 / status_503: answer with that status
     - corrupt: answer normally with the body's bytes changed (same length)
+    - throttle: a slow link. Wait `delay` seconds before answering (every response, 404 and 304 too), then
+      send a 200's body in `chunk`-byte pieces at no more than `rate` bytes per second. The rate is that of
+      one `Link` shared by every response the fault hits (both sites when set for both), so concurrent
+      responses divide it between them as on one narrow connection. TLS handshakes are not delayed.
 
     `remaining` limits how many requests it hits (None: until cleared).
     """
@@ -83,6 +97,27 @@ class Fault:
     chunk: int = 1024
     remaining: int | None = None
     hang_max: float = 300.0
+    rate: float = DEFAULT_THROTTLE_RATE
+    link: Link | None = None
+
+
+class Link:
+    """A bandwidth cap shared by the responses of one throttle fault, across threads (each site has its own
+    event loop). `reserve(n)` books the next `n` bytes of the link's time and says how long to wait until
+    they have "arrived"; bookings are first come, first served."""
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, not {rate!r}")
+        self.rate = rate
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> float:
+        with self._lock:
+            now = time.monotonic()
+            self._free_at = max(now, self._free_at) + size / self.rate
+            return self._free_at - now
 
 
 def corrupted(data: bytes) -> bytes:
@@ -227,16 +262,19 @@ class FakeCratesIo:
         chunk: int = 1024,
         times: int | None = None,
         hang_max: float = 300.0,
+        rate: float = DEFAULT_THROTTLE_RATE,
     ) -> None:
         """Apply `mode` to requests whose path starts with `path_prefix` (on `site`, or both sites).
 
-        The longest matching prefix wins; `times` limits how many requests it hits. See `Fault`.
+        The longest matching prefix wins; `times` limits how many requests it hits. See `Fault`
+        (`rate`, bytes per second, is for throttle: one link shared by both sites when `site` is None).
         """
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}")
+        link = Link(rate) if mode == "throttle" else None
         with self._state.lock:
             for s in ("index", "static") if site is None else (site,):
-                self._state.faults[(s, path_prefix)] = Fault(mode, delay, chunk, times, hang_max)
+                self._state.faults[(s, path_prefix)] = Fault(mode, delay, chunk, times, hang_max, rate, link)
 
     def clear_faults(self) -> None:
         with self._state.lock:
@@ -400,9 +438,10 @@ class FakeCratesIo:
             while not release.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110 (threading.Event)
                 await asyncio.sleep(0.05)
             raise _NoResponse()
-        if fault.mode == "slow_headers":
+        if fault.mode in ("slow_headers", "throttle"):
             await asyncio.sleep(fault.delay)
-            return await handler(request)
+            if fault.mode == "slow_headers":
+                return await handler(request)
         response = await handler(request)
         if not isinstance(response, web.Response) or response.body is None or response.status != 200:
             return response
@@ -416,11 +455,27 @@ class FakeCratesIo:
         if fault.mode == "truncate":
             await stream.write(body[: len(body) // 2])
             raise _NoResponse()
+        if fault.mode == "throttle":
+            await _throttled(stream, body, fault.chunk, fault.link or Link(fault.rate))
+            return stream
         for start in range(0, len(body), fault.chunk):  # trickle
             await stream.write(body[start : start + fault.chunk])
             await asyncio.sleep(fault.delay)
         await stream.write_eof()
         return stream
+
+
+async def _throttled(stream: web.StreamResponse, body: bytes, chunk: int, link: Link) -> None:
+    """Send `body` through `link`: each piece once the link has had the time to carry it."""
+    step = max(1, chunk)
+    try:
+        for start in range(0, len(body), step):
+            piece = body[start : start + step]
+            await asyncio.sleep(link.reserve(len(piece)))
+            await stream.write(piece)
+        await stream.write_eof()
+    except ConnectionError:  # the client went away mid-body: record it as unanswered
+        raise _NoResponse() from None
 
 
 class _NoResponse(Exception):

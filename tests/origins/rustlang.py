@@ -28,6 +28,7 @@ from typing import Literal, get_args
 
 from aiohttp import web
 
+from tests.origins.crates_io import DEFAULT_THROTTLE_RATE, Link
 from tests.origins.installer import (
     COMPONENTS,
     HOST_TRIPLE,
@@ -72,7 +73,16 @@ _PROFILES = {
 
 # The same fault vocabulary as tests/origins/crates_io.py.
 FaultMode = Literal[
-    "refuse", "reset", "hang", "slow_headers", "trickle", "truncate", "status_500", "status_503", "corrupt"
+    "refuse",
+    "reset",
+    "hang",
+    "slow_headers",
+    "trickle",
+    "truncate",
+    "status_500",
+    "status_503",
+    "corrupt",
+    "throttle",
 ]
 FAULT_MODES: tuple[str, ...] = get_args(FaultMode)
 
@@ -231,6 +241,10 @@ class Fault:
     - truncate: send the headers (full Content-Length) and half the body, then close
     - status_500 / status_503: answer with that status
     - corrupt: answer normally with the body's bytes changed (same length)
+    - throttle: a slow link. Wait ``delay`` seconds before answering, then send the file (a single Range
+      honoured, validators ignored as for trickle) in ``chunk``-byte pieces at no more than ``rate`` bytes per
+      second. The rate belongs to one `Link` shared by every response of the fault, so concurrent downloads
+      divide it between them. TLS handshakes are not delayed.
 
     Faults on paths without a file behave like refuse/reset/hang/slow_headers/status or answer 404.
     ``remaining`` limits how many requests it hits (None: until cleared).
@@ -241,6 +255,8 @@ class Fault:
     chunk: int = 1024
     remaining: int | None = None
     hang_max: float = 300.0
+    rate: float = DEFAULT_THROTTLE_RATE
+    link: Link | None = None
 
 
 _RECORD = web.RequestKey("ruststash_record", RequestRecord)
@@ -491,15 +507,18 @@ class FakeRustDist:
         chunk: int = 1024,
         times: int | None = None,
         hang_max: float = 300.0,
+        rate: float = DEFAULT_THROTTLE_RATE,
     ) -> None:
         """Apply ``mode`` to requests whose path starts with ``path_prefix``; see `Fault`.
 
-        The longest matching prefix wins; ``times`` limits how many requests it hits.
+        The longest matching prefix wins; ``times`` limits how many requests it hits; ``rate`` (bytes per
+        second) is for throttle.
         """
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}")
+        link = Link(rate) if mode == "throttle" else None
         with self._lock:
-            self._faults[path_prefix] = Fault(mode, delay, chunk, times, hang_max)
+            self._faults[path_prefix] = Fault(mode, delay, chunk, times, hang_max, rate, link)
 
     def clear_faults(self) -> None:
         """Remove every fault and end the hangs in progress."""
@@ -574,16 +593,18 @@ class FakeRustDist:
             while not release.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110 (threading.Event)
                 await asyncio.sleep(0.05)
             raise _NoResponse()
-        if fault.mode == "slow_headers":
+        if fault.mode in ("slow_headers", "throttle"):
             await asyncio.sleep(fault.delay)
-            return await handler(request)
+            if fault.mode == "slow_headers":
+                return await handler(request)
         file = self._resolve(request.path)
         if file is None:
             return await handler(request)  # 404
         return await self._stream_faulty(request, fault, file)
 
     async def _stream_faulty(self, request: web.Request, fault: Fault, file: Path) -> web.StreamResponse:
-        """Stream ``file`` (honouring a single Range) slowly (trickle), partly (truncate) or altered (corrupt)."""
+        """Stream ``file`` (honouring a single Range) slowly (trickle, throttle), partly (truncate) or altered
+        (corrupt)."""
         size = (await asyncio.to_thread(file.stat)).st_size
         headers = {"Cache-Control": cache_control_for(request.path), "Accept-Ranges": "bytes"}
         start, stop, status = 0, size, 200
@@ -598,12 +619,17 @@ class FakeRustDist:
         await response.prepare(request)
         length = (stop - start) // 2 if fault.mode == "truncate" else stop - start
         chunk_size = fault.chunk if fault.mode == "trickle" else 1 << 16
+        if fault.mode == "throttle":
+            chunk_size = max(1, fault.chunk)
+        link = (fault.link or Link(fault.rate)) if fault.mode == "throttle" else None
         offset = start
         try:
             for chunk in _read_chunks(file, start, length, chunk_size):
                 if fault.mode == "corrupt":
                     chunk = _flip_middle_byte(chunk, offset, size)
                 offset += len(chunk)
+                if link is not None:
+                    await asyncio.sleep(link.reserve(len(chunk)))
                 await response.write(chunk)
                 if fault.mode == "trickle":
                     await asyncio.sleep(fault.delay)
