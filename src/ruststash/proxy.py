@@ -15,6 +15,7 @@ from mitmproxy import options
 from mitmproxy.addons import block, core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 from mitmproxy.utils import asyncio_utils
+import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from . import __version__, ca
@@ -100,6 +101,7 @@ async def serve(settings: Settings) -> None:
     check_port_free(settings.listen, "--listen")
     check_port_free(settings.admin_listen, "--admin-listen")
 
+    prometheus_client.disable_created_metrics()  # `_created` series only clutter the dashboards
     known = UpstreamMap(settings.upstreams).known_origins(h.host for h in settings.cache_hosts)
     metrics = Metrics(CollectorRegistry(), upstreams=known)
     async with running_service(settings, metrics) as (service, upstream_map), serving_blobs() as blobs:

@@ -6,7 +6,8 @@ Last-Modified → 304), never held in memory. `FakeRustDist.publish` writes a re
 a newer one later moves the channel pointers while older versions stay installable by number.
 
 Every request is recorded (`requests`, `count`, `statuses`); `corrupt` serves a same-length, different copy of
-a file; `set_fault` makes requests under a path prefix hang, stall, trickle, get truncated, reset or fail.
+a file; `set_fault` makes requests under a path prefix hang, stall, trickle, crawl through a slow link
+(throttle), get truncated, reset or fail.
 """
 
 from __future__ import annotations
