@@ -11,11 +11,11 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 
+import prometheus_client
 from mitmproxy import options
 from mitmproxy.addons import block, core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 from mitmproxy.utils import asyncio_utils
-import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from . import __version__, ca
