@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ruststash.errors import IntegrityError, StoreError
+from ruststash.errors import ConfigError, IntegrityError, StoreError
+from ruststash.settings import parse_size
 from ruststash.store import Store
 
 META = {"status": 200, "headers": (("etag", '"x"'),), "stored_at": 1000.0, "lifetime": math.inf}
@@ -76,3 +77,67 @@ def test_refuses_other_formats_and_foreign_directories(tmp_path: Path) -> None:
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     with pytest.raises(StoreError, match="not a ruststash store"):
         Store(tmp_path / "foreign")
+
+
+def test_eviction_drops_least_recently_used_and_keeps_under_the_cap(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = Store(tmp_path / "c", max_bytes=1000, clock=lambda: now[0])
+    for i in range(5):
+        now[0] += 100
+        store.put(f"crate:{i}", bytes([i]) * 300, **META)
+        if i == 2:
+            now[0] += 100
+            assert store.lookup("crate:0") is not None  # 0 is used again: 1 is now the oldest
+    used, _ = store.usage()
+    assert used <= 900 and store.evictions >= 1
+    assert store.lookup("crate:1") is None and store.lookup("crate:4") is not None
+    # Every remaining entry has its blob, and every blob on disk is accounted for.
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "c" / "blobs").rglob("*") if p.is_file())
+    assert on_disk == used
+    for key in ("crate:0", "crate:2", "crate:3", "crate:4"):
+        entry = store.lookup(key)
+        if entry is not None:
+            assert store.read(entry) == bytes([int(key[-1])]) * 300
+
+
+def test_eviction_keeps_a_blob_another_entry_still_uses(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c", max_bytes=700, clock=lambda: 0.0)
+    store.put("crate:a", b"x" * 300, **META)
+    store.put("crate:b", b"x" * 300, **META)  # same body, one blob
+    store.put("crate:c", b"y" * 300, **META)
+    store.put("crate:d", b"z" * 300, **META)
+    for key in ("crate:a", "crate:b", "crate:c", "crate:d"):
+        entry = store.lookup(key)
+        if entry is not None:
+            assert store.blob_path(entry.digest).exists()
+
+
+def test_verify_removes_corrupt_and_dangling(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c", clock=lambda: 10**10)
+    good = store.put("crate:good", b"good", **META)
+    bad = store.put("crate:bad", b"bad!", **META)
+    gone = store.put("crate:gone", b"gone", **META)
+    store.blob_path(bad.digest).write_bytes(b"evil")
+    store.blob_path(gone.digest).unlink()
+    orphan_digest = hashlib.sha256(b"orphan").hexdigest()
+    orphan = tmp_path / "c" / "blobs" / orphan_digest[:2] / orphan_digest
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"orphan")
+    report = store.verify()
+    assert report.corrupt == (bad.digest,) and report.missing == ("crate:gone",) and not report.clean
+    assert report.orphans == 1 and not orphan.exists()
+    assert store.lookup("crate:bad") is None and store.lookup("crate:good") == good
+    assert store.verify().clean
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("20GiB", 20 * 1024**3), ("500MB", 500 * 10**6), ("1.5k", 1500), ("1048576", 1048576)]
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "ten", "5XB", "0", "-1GiB"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_size(text)

@@ -25,7 +25,6 @@ class Admin:
     service: CacheService
     metrics: Metrics
     data_dir: Path
-    max_bytes: int = 0
 
     def __post_init__(self) -> None:
         self._breakers: dict[str, str] = {}
@@ -35,7 +34,7 @@ class Admin:
         store = self.service.store
         used, entries = store.usage()
         free = shutil.disk_usage(store.directory).free
-        return StoreFigures(used, entries, self.max_bytes, free, store.evictions)
+        return StoreFigures(used, entries, store.max_bytes, free, store.evictions)
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -14,7 +14,7 @@ import click
 import platformdirs
 
 from . import __version__, ca
-from .errors import RuststashError
+from .errors import ConfigError, RuststashError
 from .settings import (
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_LISTEN,
@@ -24,6 +24,7 @@ from .settings import (
     build_cache_hosts,
     build_upstreams,
     parse_host_port,
+    parse_size,
 )
 
 FC = TypeVar("FC", bound=Callable[..., object])
@@ -144,6 +145,13 @@ def _resilience_options[F: Callable[..., object]](command: F) -> F:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also trust this CA (PEM) for upstream TLS, on top of the system roots.",
 )
+@click.option(
+    "--max-size",
+    envvar="RUSTSTASH_MAX_SIZE",
+    show_envvar=True,
+    metavar="SIZE",
+    help="Cap the store at this size (20GiB, 500MB, ...); least recently used entries are evicted. Default: no cap.",
+)
 @_resilience_options
 @click.option(
     "--log-level",
@@ -162,6 +170,7 @@ def serve(
     cache_hosts: tuple[str, ...],
     upstreams: tuple[str, ...],
     upstream_ca: Path | None,
+    max_size: str | None,
     log_level: str,
     **resilience: float,
 ) -> None:
@@ -179,6 +188,7 @@ def serve(
             upstreams=build_upstreams(upstreams),
             upstream_ca=upstream_ca.expanduser().absolute() if upstream_ca else None,
             resilience=Resilience(**resilience),  # type: ignore[arg-type]
+            max_bytes=parse_size(max_size) if max_size else 0,
         )
         asyncio.run(run_proxy(settings))
 
@@ -226,6 +236,42 @@ def render_env(variables: dict[str, str], shell: str) -> str:
         else:
             lines.append(f"export {name}={shlex.quote(value)}")
     return "\n".join(lines) + "\n"
+
+
+@main.command(context_settings=CONTEXT)
+@click.option(
+    "--cache-dir",
+    envvar="RUSTSTASH_CACHE_DIR",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_cache_dir,
+    show_default="the user cache directory",
+    help="The store to check.",
+)
+def verify(cache_dir: Path) -> None:
+    """Re-hash every stored body; remove corrupt ones (and what points at them). Exit 1 if any were found."""
+    from .store import Store
+
+    with _clear_errors():
+        directory = cache_dir.expanduser().absolute()
+        if not (directory / "FORMAT").exists():
+            raise ConfigError(f"{directory} is not a ruststash store")
+        store = Store(directory, clean_tmp=False)
+        try:
+            report = store.verify()
+        finally:
+            store.close()
+    click.echo(f"checked {report.checked} bodies in {directory}")
+    for digest in report.corrupt:
+        click.echo(f"corrupt: {digest} (removed, with the entries that pointed at it)")
+    for key in report.missing:
+        click.echo(f"missing body: {key} (entry removed)")
+    if report.orphans:
+        click.echo(f"removed {report.orphans} bodies no entry pointed at")
+    if not report.clean:
+        click.echo(f"{len(report.corrupt)} corrupt, {len(report.missing)} missing", err=True)
+        sys.exit(1)
+    click.echo("ok: every body matches its digest")
 
 
 @main.group(context_settings=CONTEXT)

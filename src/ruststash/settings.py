@@ -110,6 +110,26 @@ class Settings:
     upstreams: dict[str, tuple[Origin, ...]] = field(default_factory=dict)
     upstream_ca: Path | None = None
     resilience: Resilience = field(default_factory=Resilience)
+    max_bytes: int = 0  # 0: no cap
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}  # fmt: skip
+
+
+def parse_size(value: str, what: str = "--max-size") -> int:
+    """`20GiB`, `500MB`, `1.5TiB`, `1048576` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ConfigError(f"{what} {value!r} is not a size such as 20GiB, 500MB or 1048576")
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise ConfigError(f"{what} {value!r} must be more than zero")
+    return size
 
 
 def parse_host_port(value: str, what: str) -> HostPort:

@@ -12,6 +12,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -83,19 +87,52 @@ class BlobWriter:
         self.path.unlink(missing_ok=True)
 
 
+# A hit records its time only if the last record is older than this: an exact LRU order is not worth a
+# database write on every hit.
+ACCESS_GRANULARITY = 60.0
+# Eviction, once the cap is passed, goes down to this fraction of it, so it does not run on every commit.
+EVICT_TO = 0.9
+ORPHAN_GRACE = 60.0
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checked: int
+    corrupt: tuple[str, ...]  # digests whose blob did not hash to its name (removed, with their entries)
+    missing: tuple[str, ...]  # keys whose blob was gone (entries removed)
+    orphans: int  # blobs no entry pointed at (removed)
+
+    @property
+    def clean(self) -> bool:
+        return not self.corrupt and not self.missing
+
+
 class Store:
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int = 0,
+        clock: Callable[[], float] = time.time,
+        clean_tmp: bool = True,
+    ) -> None:
+        """Open (or create) the store. `clean_tmp` removes what a crash left in tmp/: only the process that
+        serves from the store may do that, not a tool that runs beside it."""
         self.directory = directory
+        self.max_bytes = max_bytes
+        self._clock = clock
         self._blobs = directory / "blobs"
         self._tmp = directory / "tmp"
         self.evictions = 0
+        self._lock = threading.Lock()
         try:
             self._check_format()
             self._blobs.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            if clean_tmp:
+                shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp.mkdir(parents=True, exist_ok=True)
             self._index = diskcache.Cache(str(directory / "index"), eviction_policy="none", size_limit=2**62)
             self._meta = diskcache.Cache(str(directory / "meta"), eviction_policy="none", size_limit=2**62)
+            self._bytes = self._blob_bytes()
         except OSError as exc:
             raise StoreError(f"cannot open the store in {directory}: {exc.strerror or exc}") from exc
 
@@ -118,13 +155,22 @@ class Store:
         self._index.close()
         self._meta.close()
 
-    def usage(self) -> tuple[int, int]:
-        """(bytes of stored bodies, number of entries). Walks the blob directory: call it off the loop."""
+    def _blob_bytes(self) -> int:
         total = 0
+        for _, size in self._blob_files():
+            total += size
+        return total
+
+    def _blob_files(self) -> Iterator[tuple[Path, int]]:
         for fan in os.scandir(self._blobs):
             if fan.is_dir():
-                total += sum(blob.stat().st_size for blob in os.scandir(fan.path) if blob.is_file())
-        return total, len(self._index)
+                for blob in os.scandir(fan.path):
+                    if blob.is_file():
+                        yield Path(blob.path), blob.stat().st_size
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes of stored bodies, number of entries)."""
+        return self._bytes, len(self._index)
 
     def check(self) -> None:
         """Raise StoreError unless the index answers and a body could be written now."""
@@ -147,6 +193,9 @@ class Store:
         if not self.blob_path(entry.digest).exists():
             self._index.delete(key)
             return None
+        now = self._clock()
+        if now - raw.get("accessed_at", 0.0) > ACCESS_GRANULARITY:
+            self._index.set(key, {**raw, "accessed_at": now})
         return entry
 
     def read(self, entry: Entry) -> bytes:
@@ -177,14 +226,78 @@ class Store:
                 raise IntegrityError(key, expected_digest, digest)
             target = self.blob_path(digest)
             target.parent.mkdir(exist_ok=True)
+            new_blob = not target.exists()
             os.replace(writer.path, target)
             _fsync_dir(target.parent)
         except BaseException:
             writer.abort()
             raise
         entry = Entry(key, digest, writer.size, status, headers, stored_at, lifetime)
-        self._index.set(key, _entry_to_dict(entry))
+        self._index.set(key, {**_entry_to_dict(entry), "accessed_at": self._clock()})
+        with self._lock:
+            if new_blob:
+                self._bytes += writer.size
+            if self.max_bytes and self._bytes > self.max_bytes:
+                self._evict()
         return entry
+
+    def _evict(self) -> None:
+        """Drop least recently used entries until the store is under EVICT_TO of its cap. An entry goes
+        before its blob, and a blob only when no entry points at it: a crash in between leaves at worst an
+        unreferenced blob, never an entry without its body. (A channel manifest's .sha256 is computed from
+        the stored .toml, so the pair cannot be split.)"""
+        entries: list[tuple[float, str, str]] = []
+        references: Counter[str] = Counter()
+        for key in list(self._index.iterkeys()):
+            raw = self._index.get(key)
+            if raw is None:
+                continue
+            entries.append((raw.get("accessed_at", raw["stored_at"]), key, raw["digest"]))
+            references[raw["digest"]] += 1
+        entries.sort()
+        goal = self.max_bytes * EVICT_TO
+        for _, key, digest in entries:
+            if self._bytes <= goal:
+                break
+            self._index.delete(key)
+            self.evictions += 1
+            references[digest] -= 1
+            if references[digest] == 0:
+                path = self.blob_path(digest)
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                self._bytes -= size
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every blob. Corrupt blobs are removed with the entries that point at them, entries whose
+        blob is gone are removed, and so are blobs no entry points at."""
+        referenced: dict[str, list[str]] = {}
+        for key in list(self._index.iterkeys()):
+            raw = self._index.get(key)
+            if raw is not None:
+                referenced.setdefault(raw["digest"], []).append(key)
+        checked, corrupt, orphans = 0, [], 0
+        seen: set[str] = set()
+        for path, _ in list(self._blob_files()):
+            checked += 1
+            seen.add(path.name)
+            if _sha256_of(path) != path.name:
+                corrupt.append(path.name)
+                for key in referenced.get(path.name, []):
+                    self._index.delete(key)
+                path.unlink(missing_ok=True)
+            elif path.name not in referenced and self._clock() - path.stat().st_mtime > ORPHAN_GRACE:
+                orphans += 1  # (a young one may be a commit in progress in a running proxy)
+                path.unlink(missing_ok=True)
+        missing = [key for digest, keys in referenced.items() if digest not in seen for key in keys]
+        for key in missing:
+            self._index.delete(key)
+        with self._lock:
+            self._bytes = self._blob_bytes()
+        return VerifyReport(checked, tuple(corrupt), tuple(missing), orphans)
 
     def put(self, key: str, body: bytes, **meta: Any) -> Entry:
         writer = self.writer()
@@ -215,6 +328,14 @@ class Store:
     def get_meta(self, key: str) -> str | None:
         value = self._meta.get(key)
         return value if isinstance(value, str) else None
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as body:
+        while chunk := body.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
