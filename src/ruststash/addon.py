@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import time
 from dataclasses import dataclass
 
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
+from mitmproxy.proxy import server_hooks
 
 from .access_log import log_request
 from .blobserver import BlobServer
+from .egress import EgressPolicy, refusal
 from .policy import Kind
 from .replies import ClientRequest, Outcome, Reply, error_reply
 from .service import CacheService
@@ -70,10 +74,30 @@ def make_response(reply: Reply) -> http.Response:
 
 
 class RuststashAddon:
-    def __init__(self, service: CacheService, upstream_map: UpstreamMap, blobs: BlobServer) -> None:
+    def __init__(
+        self, service: CacheService, upstream_map: UpstreamMap, blobs: BlobServer, egress: EgressPolicy
+    ) -> None:
         self.service = service
         self.upstream_map = upstream_map
         self.blobs = blobs
+        self.egress = egress
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """The egress guard: every connection mitmproxy makes for a client (tunnels, forwards) is checked."""
+        if data.server.address is None or not (self.egress.tunnel_allow or self.egress.deny_private):
+            return
+        host, port = str(data.server.address[0]), int(data.server.address[1])
+        addresses: list[str] = []
+        if self.egress.deny_private and (host.lower(), port) not in self.egress.always_allowed:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                addresses = [str(info[4][0]) for info in infos]
+            except OSError:
+                addresses = []  # mitmproxy's own connect will fail and say so
+        reason = refusal(self.egress, host, port, addresses)
+        if reason is not None:
+            logger.warning("refused a connection to %s:%s: %s", host, port, reason)
+            data.server.error = f"ruststash: {reason}"
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:

@@ -18,11 +18,13 @@ from .errors import ConfigError, RuststashError
 from .settings import (
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_LISTEN,
+    Access,
     HostPort,
     Resilience,
     Settings,
     build_cache_hosts,
     build_upstreams,
+    check_access,
     parse_host_port,
     parse_size,
 )
@@ -146,6 +148,36 @@ def _resilience_options[F: Callable[..., object]](command: F) -> F:
     help="Also trust this CA (PEM) for upstream TLS, on top of the system roots.",
 )
 @click.option(
+    "--allow-remote",
+    is_flag=True,
+    envvar="RUSTSTASH_ALLOW_REMOTE",
+    show_envvar=True,
+    help="Allow --listen/--admin-listen on addresses other machines can reach. Clients from public "
+    "addresses are then refused unless --proxy-auth is set.",
+)
+@click.option(
+    "--proxy-auth",
+    envvar="RUSTSTASH_PROXY_AUTH",
+    show_envvar=True,
+    metavar="USER:PASSWORD|@HTPASSWD",
+    help="Require proxy authentication (clients put it in the proxy URL: http://user:pass@host:3128).",
+)
+@click.option(
+    "--tunnel-allow",
+    multiple=True,
+    envvar="RUSTSTASH_TUNNEL_ALLOW",
+    show_envvar=True,
+    metavar="HOST",
+    help="Only tunnel to these hosts (repeatable; `*.example.com` matches one label). Default: any host.",
+)
+@click.option(
+    "--deny-private-tunnels",
+    is_flag=True,
+    envvar="RUSTSTASH_DENY_PRIVATE_TUNNELS",
+    show_envvar=True,
+    help="Refuse tunnels to loopback, private and link-local addresses (for shared deployments).",
+)
+@click.option(
     "--max-size",
     envvar="RUSTSTASH_MAX_SIZE",
     show_envvar=True,
@@ -170,6 +202,10 @@ def serve(
     cache_hosts: tuple[str, ...],
     upstreams: tuple[str, ...],
     upstream_ca: Path | None,
+    allow_remote: bool,
+    proxy_auth: str | None,
+    tunnel_allow: tuple[str, ...],
+    deny_private_tunnels: bool,
     max_size: str | None,
     log_level: str,
     **resilience: float,
@@ -189,7 +225,9 @@ def serve(
             upstream_ca=upstream_ca.expanduser().absolute() if upstream_ca else None,
             resilience=Resilience(**resilience),  # type: ignore[arg-type]
             max_bytes=parse_size(max_size) if max_size else 0,
+            access=Access(allow_remote, proxy_auth, tunnel_allow, deny_private_tunnels),
         )
+        check_access(settings.listen, settings.admin_listen, settings.access)
         asyncio.run(run_proxy(settings))
 
 

@@ -14,7 +14,7 @@ the older `/crates/{name}/{name}-{version}.crate` form. Both forms name one immu
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum, StrEnum
 
 # crates.io names: ASCII alphanumerics, `-` and `_`, at most 64 characters (cargo's own limit is the same).
@@ -68,10 +68,11 @@ class CrateRef:
     version: str
     index_host: str
     index_path: str
+    scope: str = ""  # the credential scope of the request (see `scoped`)
 
     @property
     def index_key(self) -> str:
-        return f"{Kind.INDEX}:{self.index_host}{self.index_path}"
+        return f"{Kind.INDEX}:{self.index_host}{self.index_path}{_scope_suffix(self.scope)}"
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,19 @@ class Decision:
 
 
 PASS = Decision(Kind.PASS)
+
+
+def _scope_suffix(scope: str) -> str:
+    return f"#cred:{scope}" if scope else ""
+
+
+def scoped(decision: Decision, scope: str) -> Decision:
+    """The same decision for a request that carries credentials: its entries are kept apart from every
+    other credential's (a private registry's index and crates are never served across users)."""
+    if not scope or decision.kind is Kind.PASS:
+        return decision
+    crate = replace(decision.crate, scope=scope) if decision.crate is not None else None
+    return replace(decision, key=decision.key + _scope_suffix(scope), crate=crate)
 
 
 def index_path(name: str) -> str:

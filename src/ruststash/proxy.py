@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import prometheus_client
 from mitmproxy import options
-from mitmproxy.addons import block, core, next_layer, proxyserver, tlsconfig
+from mitmproxy.addons import block, core, next_layer, proxyauth, proxyserver, tlsconfig
 from mitmproxy.master import Master
 from mitmproxy.utils import asyncio_utils
 from prometheus_client import CollectorRegistry
@@ -22,6 +22,7 @@ from . import __version__, ca
 from .addon import RuststashAddon
 from .admin import Admin, start_admin
 from .blobserver import BlobServer
+from .egress import EgressPolicy
 from .errors import StartupError
 from .metrics import Metrics
 from .service import CacheService
@@ -57,6 +58,11 @@ def mitmproxy_options(settings: Settings) -> dict[str, object]:
         # PASS traffic on intercepted hosts is forwarded by mitmproxy: never hold a large body whole
         "stream_large_bodies": "1m",
     }
+    if settings.access.proxy_auth is not None:
+        opts["proxyauth"] = settings.access.proxy_auth
+        # mitmproxy refuses clients from public addresses unless told otherwise: with authentication on,
+        # a site proxy may take them.
+        opts["block_global"] = False
     if settings.upstream_ca is not None:
         opts["ssl_verify_upstream_trusted_ca"] = str(ca.write_upstream_bundle(settings.data_dir, settings.upstream_ca))
     return opts
@@ -81,6 +87,16 @@ async def running_service(settings: Settings, metrics: Metrics) -> AsyncIterator
     finally:
         await upstream.close()
         await asyncio.to_thread(store.close)
+
+
+def egress_policy(settings: Settings, upstream_map: UpstreamMap, blobs: BlobServer) -> EgressPolicy:
+    """Connections mitmproxy makes that are always fine: our loopback blob server and the origins of the
+    cached hosts (PASS requests on them are forwarded there)."""
+    allowed = {("127.0.0.1", blobs.port)}
+    for host in settings.cache_hosts:
+        for origin in upstream_map.origins("https", host.host, host.port or 443):
+            allowed.add((origin.host, origin.port))
+    return EgressPolicy(settings.access.tunnel_allow, settings.access.deny_private_tunnels, frozenset(allowed))
 
 
 @contextlib.asynccontextmanager
@@ -109,10 +125,11 @@ async def serve(settings: Settings) -> None:
         master.addons.add(
             core.Core(),
             block.Block(),
+            proxyauth.ProxyAuth(),
             proxyserver.Proxyserver(),
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
-            RuststashAddon(service, upstream_map, blobs),
+            RuststashAddon(service, upstream_map, blobs, egress_policy(settings, upstream_map, blobs)),
         )
         master.options.update(**mitmproxy_options(settings))
         loop = asyncio.get_running_loop()

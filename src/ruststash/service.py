@@ -37,7 +37,7 @@ from .replies import (
 )
 from .settings import CacheHost, Resilience
 from .store import Entry, Store
-from .upstream import FORWARDED_REQUEST_HEADERS, Upstream, UpstreamResponse
+from .upstream import CREDENTIAL_HEADERS, FORWARDED_REQUEST_HEADERS, Upstream, UpstreamResponse
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ def _body_problem(kind: Kind, body: bytes) -> str | None:
             return sparse_index.config_problem(body)
         case _:
             return None
+
+
+def credential_scope(headers: dict[str, str]) -> str:
+    """A digest of the request's credentials ("" without any): entries are keyed by it."""
+    credentials = [headers[name] for name in CREDENTIAL_HEADERS if name in headers]
+    if not credentials:
+        return ""
+    return hashlib.sha256("\0".join(credentials).encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def upstream_headers(request: ClientRequest) -> dict[str, str]:
@@ -99,7 +107,8 @@ class CacheService:
     def decide(self, request: ClientRequest) -> Decision:
         if not self.is_cached_host(request.host, request.port):
             return policy.PASS
-        return policy.classify(request.method, request.host, request.path, self.registries)
+        decision = policy.classify(request.method, request.host, request.path, self.registries)
+        return policy.scoped(decision, credential_scope(request.headers))
 
     async def handle(self, decision: Decision, request: ClientRequest) -> Reply:
         try:
@@ -242,7 +251,7 @@ class CacheService:
         return await self.answer(fetched.entry, request, Outcome.MISS, body=fetched.body)
 
     async def _fetch_crate(self, decision: Decision, crate: CrateRef, request: ClientRequest) -> Fetched:
-        expected = await self._published_cksum(crate)
+        expected = await self._published_cksum(crate, request)
 
         def matches_cksum(response: UpstreamResponse) -> str | None:
             if expected is None or response.status != 200:
@@ -285,7 +294,7 @@ class CacheService:
             return Fetched(reply=error_reply(502, reason))
         return Fetched(stored, Outcome.MISS, body=response.body)
 
-    async def _published_cksum(self, crate: CrateRef) -> str | None:
+    async def _published_cksum(self, crate: CrateRef, request: ClientRequest) -> str | None:
         """The cksum from the stored index file; if it does not list the version (or we hold none), the
         index file is refreshed from upstream once."""
         entry = await asyncio.to_thread(self.store.lookup, crate.index_key)
@@ -293,7 +302,8 @@ class CacheService:
             body = await asyncio.to_thread(self.store.read, entry)
             if cksum := sparse_index.published_cksum(body, crate.version):
                 return cksum
-        index_request = ClientRequest("GET", "https", crate.index_host, 443, crate.index_path, {"accept": "text/plain"})
+        headers = {"accept": "text/plain"} | {k: v for k, v in request.headers.items() if k in CREDENTIAL_HEADERS}
+        index_request = ClientRequest("GET", "https", crate.index_host, 443, crate.index_path, headers)
         index_decision = Decision(Kind.INDEX, crate.index_key, Rule.REVALIDATE)
         reply = await self.revalidating(index_decision, index_request, force=entry is not None)
         if reply.status != 200:

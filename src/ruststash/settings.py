@@ -111,6 +111,42 @@ class Settings:
     upstream_ca: Path | None = None
     resilience: Resilience = field(default_factory=Resilience)
     max_bytes: int = 0  # 0: no cap
+    access: Access = field(default_factory=lambda: Access())
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use the proxy and where it may connect for them (docs/security.md)."""
+
+    allow_remote: bool = False  # listening beyond loopback must be asked for
+    proxy_auth: str | None = None  # mitmproxy's proxyauth: "user:pass" or "@/path/to/htpasswd"
+    tunnel_allow: tuple[str, ...] = ()
+    deny_private_tunnels: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_access(listen: HostPort, admin_listen: HostPort, access: Access) -> None:
+    for address, flag in ((listen, "--listen"), (admin_listen, "--admin-listen")):
+        if not is_loopback(address.host) and not access.allow_remote:
+            raise ConfigError(
+                f"{flag} {address} is reachable from other machines: pass --allow-remote to mean it "
+                "(and --proxy-auth for clients outside private networks)"
+            )
+    if access.proxy_auth is not None:
+        auth = access.proxy_auth
+        if auth.startswith("@"):
+            if not Path(auth[1:]).is_file():
+                raise ConfigError(f"--proxy-auth: no htpasswd file at {auth[1:]}")
+        elif ":" not in auth or auth.startswith(":"):
+            raise ConfigError("--proxy-auth takes USER:PASSWORD or @HTPASSWD-FILE")
 
 
 _SIZE_UNITS = {

@@ -24,8 +24,10 @@ logger = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
 # Bodies are held in memory on this path; crates and index files are KB to a few MB.
 MAX_BODY_BYTES = 256 * 1024 * 1024
-# Headers a client sends that upstream needs to answer the same way (cargo's sparse protocol marker).
-FORWARDED_REQUEST_HEADERS = ("user-agent", "accept", "cargo-protocol")
+# Headers a client sends that upstream needs to answer the same way (cargo's sparse protocol marker, and
+# the credentials of a private registry: such entries are keyed by the credential, see policy.scoped).
+FORWARDED_REQUEST_HEADERS = ("user-agent", "accept", "cargo-protocol", "authorization", "cookie")
+CREDENTIAL_HEADERS = ("authorization", "cookie")
 
 # A whole response, checked by the caller: returns why it is unacceptable (try the next origin), or None.
 Validator = Callable[["UpstreamResponse"], str | None]

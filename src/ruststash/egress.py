@@ -1,0 +1,48 @@
+"""Where the proxy may connect on a client's behalf. Pure: addresses are resolved by the caller.
+
+Intercepted (cached) hosts are fetched by ruststash itself from their configured origins. Everything else
+is a tunnel or a forward mitmproxy makes for a client: `--tunnel-allow` limits those to named hosts, and
+`--deny-private-tunnels` keeps a shared proxy from being used to reach the site's internal network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    tunnel_allow: tuple[str, ...] = ()  # host patterns (`*.example.com`, `github.com`); empty: any host
+    deny_private: bool = False
+    always_allowed: frozenset[tuple[str, int]] = frozenset()  # ruststash's own origins and loopback services
+
+    def _pattern_matches(self, host: str) -> bool:
+        for pattern in self.tunnel_allow:
+            regex = "^" + re.escape(pattern.lower()).replace(r"\*", "[^.]+") + "$"
+            if re.match(regex, host.lower()):
+                return True
+        return False
+
+
+def is_internal(address: str) -> bool:
+    """Loopback, private, link-local, unique-local, multicast, reserved or unspecified addresses."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def refusal(policy: EgressPolicy, host: str, port: int, addresses: Iterable[str]) -> str | None:
+    """Why a connection to host:port (resolving to `addresses`) must not be made, or None."""
+    if (host.lower(), port) in policy.always_allowed:
+        return None
+    if policy.tunnel_allow and not policy._pattern_matches(host):
+        return f"{host} is not in --tunnel-allow"
+    if policy.deny_private:
+        internal = [a for a in addresses if is_internal(a)]
+        if internal:
+            return f"{host} resolves to an internal address ({internal[0]}) and --deny-private-tunnels is set"
+    return None
