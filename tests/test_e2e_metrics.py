@@ -79,6 +79,7 @@ def test_readyz_reports_what_is_wrong(start_proxy: ProxyFactory) -> None:
         urllib.request.urlopen(url, timeout=10)
     assert raised.value.code == 503
     body = json.loads(raised.value.read())
+    raised.value.close()
     assert body["ready"] is False and "is missing" in body["checks"]["ca"]
     with urllib.request.urlopen(f"http://127.0.0.1:{proxy.admin_port}/healthz", timeout=10) as response:
         assert response.status == 200

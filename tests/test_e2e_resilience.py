@@ -246,6 +246,7 @@ def test_missing_index_files_are_remembered_briefly(
         with pytest.raises(urllib.error.HTTPError) as raised:
             proxied_get_host(proxy, "index.crates.io", "/no/ne/nonexistent-crate")
         assert raised.value.code == 404
+        raised.value.close()
     assert faulty_crates.count("/no/ne/nonexistent-crate", site="index") == 1
     assert [r["outcome"] for r in proxy.access()] == ["MISS", "HIT", "HIT"]
 
