@@ -35,8 +35,10 @@ class ProxyFactory:
         self.root = root
         self.started: list[ProxyProcess] = []
 
-    def __call__(self, args: list[str], name: str = "proxy", cache_dir: Path | None = None) -> ProxyProcess:
-        proxy = ProxyProcess(self.root / name, args, cache_dir=cache_dir)
+    def __call__(
+        self, args: list[str], name: str = "proxy", cache_dir: Path | None = None, wrap: list[str] | None = None
+    ) -> ProxyProcess:
+        proxy = ProxyProcess(self.root / name, args, cache_dir=cache_dir, wrap=wrap)
         self.started.append(proxy)
         return proxy.start()
 

@@ -36,8 +36,12 @@ def proxy_process_env() -> dict[str, str]:
 class ProxyProcess:
     """`ruststash serve` on free loopback ports, with its log captured to a file."""
 
-    def __init__(self, workdir: Path, args: list[str], cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, args: list[str], cache_dir: Path | None = None, wrap: list[str] | None = None
+    ) -> None:
+        """`wrap` is put in front of the command (for example to run the proxy in its own mount namespace)."""
         self.workdir = workdir
+        self.wrap = wrap or []
         self.cache_dir = cache_dir or workdir / "cache"
         self.data_dir = workdir / "data"
         self.args = args
@@ -62,7 +66,7 @@ class ProxyProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.admin_port = self.admin_port or free_port()
-        command = ruststash_command(
+        command = self.wrap + ruststash_command(
             "serve",
             "--listen",
             f"127.0.0.1:{self.port}",

@@ -35,6 +35,7 @@ class _Forwarded:
     path: str
     size: int | None = None
     note: str = ""
+    from_blobs: bool = False
 
 
 def client_request(flow: http.HTTPFlow) -> ClientRequest:
@@ -105,7 +106,8 @@ class RuststashAddon:
         request = client_request(flow)
         decision = self.service.decide(request)
         if decision.kind is Kind.PASS:
-            self._forward(flow, request)
+            if self.service.is_cached_host(request.host, request.port):
+                self._forward(flow, request, _Forwarded(Outcome.PASS, Kind.PASS.value, request.host, request.path))
             return
         try:
             reply = await self.service.handle(decision, request)
@@ -114,6 +116,9 @@ class RuststashAddon:
             reply = error_reply(500, f"internal error: {type(exc).__name__}")
         if reply.streamed:
             self._stream(flow, request, reply, decision.kind.value)
+            return
+        if reply.forward:
+            self._forward(flow, request, _Forwarded(reply.outcome, decision.kind.value, request.host, request.path))
             return
         flow.response = make_response(reply)
         self.service.metrics.request(decision.kind.value, reply.outcome.value, len(reply.body))
@@ -130,17 +135,18 @@ class RuststashAddon:
 
     def _stream(self, flow: http.HTTPFlow, request: ClientRequest, reply: Reply, kind: str) -> None:
         """Point the flow at the loopback blob server; mitmproxy then streams the body to the client."""
-        flow.metadata[_MARK] = _Forwarded(reply.outcome, kind, request.host, request.path, reply.size, reply.note)
+        flow.metadata[_MARK] = _Forwarded(
+            reply.outcome, kind, request.host, request.path, reply.size, reply.note, from_blobs=True
+        )
         flow.request.scheme = "http"
         flow.request.host = "127.0.0.1"
         flow.request.port = self.blobs.port
         flow.request.path = self.blobs.issue(reply)
 
-    def _forward(self, flow: http.HTTPFlow, request: ClientRequest) -> None:
-        """Let mitmproxy forward a request it intercepted but we do not cache, to the mapped origin."""
-        if not self.service.is_cached_host(request.host, request.port):
-            return
-        flow.metadata[_MARK] = _Forwarded(Outcome.PASS, Kind.PASS.value, request.host, request.path)
+    def _forward(self, flow: http.HTTPFlow, request: ClientRequest, forwarded: _Forwarded) -> None:
+        """Let mitmproxy forward an intercepted request to the mapped origin (and stream the answer): what we
+        do not cache, and what we cannot store just now."""
+        flow.metadata[_MARK] = forwarded
         origin = self.upstream_map.origins(request.scheme, request.host, request.port)[0]
         if (origin.scheme, origin.host, origin.port) != (request.scheme, request.host, request.port):
             flow.request.scheme = origin.scheme
@@ -154,8 +160,8 @@ class RuststashAddon:
         if forwarded is None or flow.response is None:
             return
         flow.response.stream = True
-        if forwarded.outcome is Outcome.PASS:
-            flow.response.headers["x-cache"] = Outcome.PASS.value
+        if not forwarded.from_blobs:  # an upstream's own X-Cache (a CDN's) says nothing about ours
+            flow.response.headers["x-cache"] = forwarded.outcome.value
 
     def response(self, flow: http.HTTPFlow) -> None:
         forwarded = flow.metadata.get(_MARK)

@@ -34,7 +34,7 @@ class Admin:
         store = self.service.store
         used, entries = store.usage()
         free = shutil.disk_usage(store.directory).free
-        return StoreFigures(used, entries, store.max_bytes, free, store.evictions)
+        return StoreFigures(used, entries, store.max_bytes, free, store.evictions, store.full_since is not None)
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -73,6 +73,7 @@ class Admin:
                 "max_bytes": figures.max_bytes,
                 "free_bytes": figures.free_bytes,
                 "evictions": figures.evictions,
+                "disk_full": figures.disk_full,
             },
             "upstreams": self.service.upstream.breaker_states(),
         }

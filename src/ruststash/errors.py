@@ -38,3 +38,7 @@ class IntegrityError(RuststashError):
 
 class StoreError(RuststashError):
     """The store could not be read or written."""
+
+
+class DiskFull(StoreError):
+    """The cache directory's filesystem is full: serve without storing until space returns."""

@@ -45,6 +45,7 @@ class StoreFigures:
     max_bytes: int
     free_bytes: int
     evictions: int
+    disk_full: bool = False
 
 
 class Metrics:
@@ -142,6 +143,7 @@ class _ScrapeTimeCollector(Collector):
             ("ruststash_store_entries", "Stored responses", figures.entries),
             ("ruststash_store_max_bytes", "The store's size cap (0: none)", figures.max_bytes),
             ("ruststash_store_free_bytes", "Free space on the cache directory's filesystem", figures.free_bytes),
+            ("ruststash_store_disk_full", "1 while the cache disk is full and nothing is stored", figures.disk_full),
         ):
             yield GaugeMetricFamily(name, text, value=value)
         yield CounterMetricFamily(

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 # Response headers worth keeping with a stored body: what a client needs and what revalidation needs.
 STORED_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "expires", "content-disposition")
 VALIDATOR_HEADERS = ("etag", "last-modified", "cache-control", "expires")
+NOT_STORED_FULL = "not stored: the cache disk is full"
 
 
 class Outcome(StrEnum):
@@ -60,6 +61,7 @@ class Reply:
     file: Path | None = None
     fill: Fill | None = None
     size: int | None = None
+    forward: bool = False  # let mitmproxy stream it from upstream, not stored (the cache disk is full)
 
     @property
     def streamed(self) -> bool:

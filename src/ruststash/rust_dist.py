@@ -15,11 +15,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import tasks
-from .errors import UpstreamError
+from .errors import DiskFull, UpstreamError
 from .fill import Fill
 from .freshness import is_fresh, not_modified
 from .policy import Decision, Kind, ManifestRef, Rule
-from .replies import STORED_HEADERS, VALIDATOR_HEADERS, ClientRequest, Fetched, Outcome, Reply, error_reply, selected
+from .replies import (
+    NOT_STORED_FULL,
+    STORED_HEADERS,
+    VALIDATOR_HEADERS,
+    ClientRequest,
+    Fetched,
+    Outcome,
+    Reply,
+    error_reply,
+    selected,
+)
 from .rust_manifest import archive_hashes, parse_sha256_file, sha256_file_body
 from .store import Entry
 from .upstream import UpstreamResponse
@@ -35,6 +45,9 @@ PAIR_WINDOW = 60.0
 # Archives up to this size are downloaded whole before the client gets a byte; larger ones are streamed
 # while they download, and a body that fails its check is cut short instead of answered with a 502.
 WHOLE_BEFORE_SENDING = 8 * 1024 * 1024
+
+
+FORWARD = Reply(200, (), b"", Outcome.MISS, NOT_STORED_FULL, forward=True)
 
 
 def _hash_key(host: str, path: str) -> str:
@@ -74,8 +87,15 @@ class RustDist:
                 entry, outcome, note = current, Outcome.STALE, reason
             elif fetched.reply is not None:
                 return fetched.reply
+            elif fetched.entry is None:
+                # Checked with upstream but not stored (the cache disk is full): pass the body on.
+                assert fetched.body is not None
+                if want_sha256:
+                    digest = hashlib.sha256(fetched.body).hexdigest()
+                    body = sha256_file_body(digest, ref.file_name)
+                    return Reply(200, (("content-type", "text/plain; charset=utf-8"),), body, Outcome.MISS)
+                return Reply(200, (("content-type", "text/plain"),), fetched.body, Outcome.MISS, NOT_STORED_FULL)
             else:
-                assert fetched.entry is not None
                 entry, outcome = fetched.entry, fetched.outcome
         if want_sha256:
             body = sha256_file_body(entry.digest, ref.file_name)
@@ -112,18 +132,21 @@ class RustDist:
             return Fetched(error=exc)
         except ValueError as exc:
             return Fetched(error=UpstreamError(f"{ref.file_name} from upstream is not a channel manifest ({exc})"))
-        await asyncio.to_thread(
-            self._store.put_meta, {_hash_key(request.host, path): digest for path, digest in hashes.items()}
-        )
-        stored = await asyncio.to_thread(
-            self._store.put,
-            decision.key,
-            toml.body,
-            status=200,
-            headers=selected(toml.headers, STORED_HEADERS),
-            stored_at=self._clock(),
-            lifetime=self._service.lifetime(decision, toml.header("cache-control")),
-        )
+        try:
+            await asyncio.to_thread(
+                self._store.put_meta, {_hash_key(request.host, path): digest for path, digest in hashes.items()}
+            )
+            stored = await asyncio.to_thread(
+                self._store.put,
+                decision.key,
+                toml.body,
+                status=200,
+                headers=selected(toml.headers, STORED_HEADERS),
+                stored_at=self._clock(),
+                lifetime=self._service.lifetime(decision, toml.header("cache-control")),
+            )
+        except DiskFull:
+            return Fetched(None, Outcome.MISS, body=toml.body)
         return Fetched(stored, Outcome.MISS, body=toml.body)
 
     @staticmethod
@@ -156,6 +179,8 @@ class RustDist:
         entry = await asyncio.to_thread(self._store.lookup, decision.key)
         if entry is not None:
             return self._file_reply(entry, request, Outcome.HIT)
+        if self._store.writes_paused():
+            return FORWARD
         fill = self._fills.get(decision.key)
         if fill is None:
             fill = await self._start_fill(decision, request)
@@ -165,6 +190,8 @@ class RustDist:
             head = await asyncio.wait_for(asyncio.shield(fill.head), self._service.resilience.miss_timeout)
         except TimeoutError:
             return error_reply(504, self._service.too_slow(request, False))
+        if head.error and self._store.writes_paused():
+            return FORWARD  # it could not be written: let the client have it straight from upstream
         if head.error:
             return error_reply(head.error_status, f"{request.host}{request.path}: {head.error}")
         if head.status != 200:

@@ -20,12 +20,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import policy, sparse_index
-from .errors import IntegrityError, StoreError, UpstreamError
+from .errors import DiskFull, IntegrityError, StoreError, UpstreamError
 from .freshness import freshness_lifetime, is_fresh, not_modified, parse_cache_control
 from .inflight import Inflight
 from .metrics import Metrics
 from .policy import CrateRef, Decision, Kind, Registry, Rule
 from .replies import (
+    NOT_STORED_FULL,
     STORED_HEADERS,
     VALIDATOR_HEADERS,
     ClientRequest,
@@ -223,15 +224,18 @@ class CacheService:
             if response.status in NEGATIVE_STATUSES and entry is not None:
                 await asyncio.to_thread(self.store.delete, decision.key)
             return Fetched(reply=Reply(response.status, headers_kept, response.body, Outcome.MISS))
-        stored = await asyncio.to_thread(
-            self.store.put,
-            decision.key,
-            response.body,
-            status=response.status,
-            headers=headers_kept,
-            stored_at=now,
-            lifetime=lifetime,
-        )
+        try:
+            stored = await asyncio.to_thread(
+                self.store.put,
+                decision.key,
+                response.body,
+                status=response.status,
+                headers=headers_kept,
+                stored_at=now,
+                lifetime=lifetime,
+            )
+        except DiskFull:
+            return Fetched(reply=Reply(response.status, headers_kept, response.body, Outcome.MISS, NOT_STORED_FULL))
         return Fetched(stored, Outcome.MISS, body=response.body)
 
     async def _crate(self, decision: Decision, crate: CrateRef, request: ClientRequest) -> Reply:
@@ -284,6 +288,12 @@ class CacheService:
                 lifetime=math.inf,
                 expected_digest=expected,
             )
+        except DiskFull:
+            if hashlib.sha256(response.body).hexdigest() == expected:
+                return Fetched(reply=Reply(200, headers, response.body, Outcome.MISS, NOT_STORED_FULL))
+            self.metrics.integrity_failure(Kind.CRATE.value)
+            reason = f"{crate.name} {crate.version}: the download does not match the registry's cksum {expected}"
+            return Fetched(reply=error_reply(502, reason))
         except IntegrityError as exc:
             self.metrics.integrity_failure(Kind.CRATE.value)
             reason = (

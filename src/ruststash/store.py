@@ -8,9 +8,13 @@ a stray temp file (removed when the store opens) or an unreferenced blob (harmle
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -22,7 +26,9 @@ from typing import Any
 
 import diskcache
 
-from .errors import IntegrityError, StoreError
+from .errors import DiskFull, IntegrityError, StoreError
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "ruststash-store 1"
 
@@ -52,18 +58,41 @@ class Entry:
         return self.header("last-modified")
 
 
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# After the disk was found full, stores are not even tried for this long (then one is, to see if space
+# came back).
+FULL_RETRY = 10.0
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """A full disk (file or SQLite) becomes DiskFull; other OS errors StoreError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS:
+            raise DiskFull(f"the cache disk is full ({exc.strerror})") from exc
+        raise StoreError(f"cannot write to the store: {exc.strerror or exc}") from exc
+    except sqlite3.OperationalError as exc:
+        if "full" in str(exc):
+            raise DiskFull(f"the cache disk is full ({exc})") from exc
+        raise StoreError(f"the store's index failed: {exc}") from exc
+
+
 class BlobWriter:
     """A temp file that hashes what is written to it. `Store.commit` makes it a blob; `abort` drops it."""
 
     def __init__(self, tmp_dir: Path) -> None:
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-", suffix=".part")
+        with disk_errors():
+            fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-", suffix=".part")
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        with disk_errors():
+            self._file.write(data)
         self._hash.update(data)
         self.size += len(data)
 
@@ -77,13 +106,16 @@ class BlobWriter:
 
     def _close(self) -> None:
         if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            with disk_errors():
+                self._file.flush()
+                os.fsync(self._file.fileno())
             self._file.close()
 
     def abort(self) -> None:
+        """Drop the temp file. Never raises for a full disk: closing flushes, and that may fail too."""
         if not self._file.closed:
-            self._file.close()
+            with contextlib.suppress(OSError):  # the buffered bytes are being thrown away anyway
+                self._file.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -123,6 +155,7 @@ class Store:
         self._blobs = directory / "blobs"
         self._tmp = directory / "tmp"
         self.evictions = 0
+        self.full_since: float | None = None
         self._lock = threading.Lock()
         try:
             self._check_format()
@@ -135,6 +168,8 @@ class Store:
             self._bytes = self._blob_bytes()
         except OSError as exc:
             raise StoreError(f"cannot open the store in {directory}: {exc.strerror or exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store's index in {directory}: {exc}") from exc
 
     def _check_format(self) -> None:
         marker = self.directory / "FORMAT"
@@ -194,9 +229,27 @@ class Store:
             self._index.delete(key)
             return None
         now = self._clock()
-        if now - raw.get("accessed_at", 0.0) > ACCESS_GRANULARITY:
-            self._index.set(key, {**raw, "accessed_at": now})
+        if now - raw.get("accessed_at", 0.0) > ACCESS_GRANULARITY and not self.writes_paused():
+            try:
+                with disk_errors():
+                    self._index.set(key, {**raw, "accessed_at": now})
+            except StoreError:
+                pass  # a hit must not fail because its access time could not be recorded
         return entry
+
+    def writes_paused(self) -> bool:
+        """True while the disk was found full recently: callers serve without trying to store."""
+        return self.full_since is not None and self._clock() - self.full_since < FULL_RETRY
+
+    def _disk_full(self) -> None:
+        if self.full_since is None:
+            logger.warning("the cache disk (%s) is full: serving without storing until space returns", self.directory)
+        self.full_since = self._clock()
+
+    def _disk_ok(self) -> None:
+        if self.full_since is not None:
+            logger.warning("the cache disk (%s) has space again: storing resumed", self.directory)
+            self.full_since = None
 
     def read(self, entry: Entry) -> bytes:
         try:
@@ -205,7 +258,11 @@ class Store:
             raise StoreError(f"cannot read blob {entry.digest}: {exc.strerror or exc}") from exc
 
     def writer(self) -> BlobWriter:
-        return BlobWriter(self._tmp)
+        try:
+            return BlobWriter(self._tmp)
+        except DiskFull:
+            self._disk_full()
+            raise
 
     def commit(
         self,
@@ -218,7 +275,30 @@ class Store:
         lifetime: float,
         expected_digest: str | None = None,
     ) -> Entry:
-        """Make the written body a blob and point `key` at it, or raise IntegrityError (nothing stored)."""
+        """Make the written body a blob and point `key` at it, or raise IntegrityError (nothing stored) or
+        DiskFull (nothing stored)."""
+        try:
+            new_blob, digest = self._commit_file(writer, key, expected_digest)
+        except DiskFull:
+            self._disk_full()
+            raise
+        entry = Entry(key, digest, writer.size, status, headers, stored_at, lifetime)
+        try:
+            with disk_errors():
+                self._index.set(key, {**_entry_to_dict(entry), "accessed_at": self._clock()})
+        except DiskFull:
+            self._disk_full()  # the body is in place but unreferenced: harmless, `verify` removes it
+            raise
+        self._disk_ok()
+        with self._lock:
+            if new_blob:
+                self._bytes += writer.size
+            if self.max_bytes and self._bytes > self.max_bytes:
+                self._evict()
+        return entry
+
+    def _commit_file(self, writer: BlobWriter, key: str, expected_digest: str | None) -> tuple[bool, str]:
+        """Verify and rename the body into place: (whether the blob is new, its digest)."""
         try:
             writer._close()
             digest = writer.digest
@@ -227,19 +307,13 @@ class Store:
             target = self.blob_path(digest)
             target.parent.mkdir(exist_ok=True)
             new_blob = not target.exists()
-            os.replace(writer.path, target)
-            _fsync_dir(target.parent)
+            with disk_errors():
+                os.replace(writer.path, target)
+                _fsync_dir(target.parent)
         except BaseException:
             writer.abort()
             raise
-        entry = Entry(key, digest, writer.size, status, headers, stored_at, lifetime)
-        self._index.set(key, {**_entry_to_dict(entry), "accessed_at": self._clock()})
-        with self._lock:
-            if new_blob:
-                self._bytes += writer.size
-            if self.max_bytes and self._bytes > self.max_bytes:
-                self._evict()
-        return entry
+        return new_blob, digest
 
     def _evict(self) -> None:
         """Drop least recently used entries until the store is under EVICT_TO of its cap. An entry goes
@@ -300,9 +374,15 @@ class Store:
         return VerifyReport(checked, tuple(corrupt), tuple(missing), orphans)
 
     def put(self, key: str, body: bytes, **meta: Any) -> Entry:
+        if self.writes_paused():
+            raise DiskFull("the cache disk is full")
         writer = self.writer()
         try:
             writer.write(body)
+        except DiskFull:
+            writer.abort()
+            self._disk_full()
+            raise
         except BaseException:
             writer.abort()
             raise
@@ -311,7 +391,12 @@ class Store:
     def refresh(self, entry: Entry, stored_at: float, headers: tuple[tuple[str, str], ...], lifetime: float) -> Entry:
         """Record a successful revalidation: new stored time and the headers upstream sent with its 304."""
         updated = replace(entry, stored_at=stored_at, headers=headers, lifetime=lifetime)
-        self._index.set(entry.key, _entry_to_dict(updated))
+        try:
+            with disk_errors():
+                self._index.set(entry.key, _entry_to_dict(updated))
+        except DiskFull:
+            self._disk_full()
+            return updated  # still fresh for this answer; the stored copy keeps its old time
         return updated
 
     def delete(self, key: str) -> None:
@@ -321,9 +406,13 @@ class Store:
     # the entries.
 
     def put_meta(self, values: dict[str, str]) -> None:
-        with self._meta.transact():
-            for key, value in values.items():
-                self._meta.set(key, value)
+        try:
+            with disk_errors(), self._meta.transact():
+                for key, value in values.items():
+                    self._meta.set(key, value)
+        except DiskFull:
+            self._disk_full()
+            raise
 
     def get_meta(self, key: str) -> str | None:
         value = self._meta.get(key)
