@@ -397,3 +397,14 @@ def wait_until_half_open(proxy: ProxyProcess, origin: FakeCratesIo, limit: float
             return
         time.sleep(0.2)
     raise AssertionError("the breaker never reached half-open")
+
+
+def test_a_slow_but_flowing_body_is_not_cut_off_by_the_miss_timeout(
+    start_proxy: ProxyFactory, faulty_crates: FakeCratesIo, origin_tls: OriginTLS
+) -> None:
+    proxy = start_proxy([*upstream_args(faulty_crates, origin_tls), "--miss-timeout", "1", "--read-timeout", "5"])
+    crate = max(faulty_crates.registry.crates, key=lambda c: c.size)
+    # Headers at once, then the body in 8 pieces half a second apart: about 4 s, well past --miss-timeout.
+    faulty_crates.set_fault(crate.download_path, "trickle", delay=0.5, chunk=crate.size // 8 + 1, site="static")
+    status, headers, body = proxied_get_host(proxy, "static.crates.io", crate.download_path)
+    assert (status, headers["x-cache"], hashlib.sha256(body).hexdigest()) == (200, "MISS", crate.cksum)

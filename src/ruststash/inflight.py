@@ -3,30 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import tasks
 
+# Set (by the upstream client) once upstream has answered with headers: from then on a request for
+# something not stored waits for the body as long as it keeps coming, not only `miss_timeout`.
+UPSTREAM_ANSWERED: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
+    "upstream_answered", default=None
+)
+
 
 class Inflight[T]:
     def __init__(self) -> None:
-        self._tasks: dict[str, asyncio.Task[T]] = {}
+        self._tasks: dict[str, tuple[asyncio.Task[T], asyncio.Event]] = {}
 
-    def join_or_start(self, key: str, start: Callable[[], Coroutine[Any, Any, T]]) -> tuple[asyncio.Task[T], bool]:
-        """The task fetching `key`, started by `start()` if none is running; and whether it was joined.
+    def join_or_start(
+        self, key: str, start: Callable[[], Coroutine[Any, Any, T]]
+    ) -> tuple[asyncio.Task[T], asyncio.Event, bool]:
+        """The task fetching `key` (started by `start()` if none is running), the event it sets once
+        upstream has answered, and whether it was joined.
 
         The task runs to its end even if every waiter gives up (a late answer still refreshes the store)."""
-        task = self._tasks.get(key)
-        if task is not None and not task.done():
-            return task, True
-        task = tasks.spawn(start(), name=f"fetch {key}")
-        self._tasks[key] = task
+        running = self._tasks.get(key)
+        if running is not None and not running[0].done():
+            return running[0], running[1], True
+        answered = asyncio.Event()
+        context = contextvars.copy_context()
+        context.run(UPSTREAM_ANSWERED.set, answered)
+        task = tasks.spawn(start(), name=f"fetch {key}", context=context)
+        self._tasks[key] = (task, answered)
         task.add_done_callback(lambda done: self._forget(key, done))
-        return task, False
+        return task, answered, False
 
     def _forget(self, key: str, task: asyncio.Task[T]) -> None:
-        if self._tasks.get(key) is task:
+        running = self._tasks.get(key)
+        if running is not None and running[0] is task:
             del self._tasks[key]
 
     def __len__(self) -> int:

@@ -146,17 +146,30 @@ class CacheService:
         start: Callable[[], Coroutine[Any, Any, Fetched]],
     ) -> Fetched | None:
         """Join or start the fetch for `decision.key` and wait for it within the deadline that applies.
-        None means the deadline passed (the fetch goes on in the background)."""
-        task, joined = self._inflight.join_or_start(decision.key, start)
+        None means the deadline passed (the fetch goes on in the background).
+
+        With a stored copy the whole fetch must finish within `stale_after`. Without one, upstream must
+        start answering within `miss_timeout`; after that the body may take as long as it keeps coming
+        (a stalled body fails after `read_timeout`), so a large crate on a slow link is not cut off."""
+        task, answered, joined = self._inflight.join_or_start(decision.key, start)
         if joined:
             self.metrics.coalesced_request(decision.kind.value)
-        deadline = self.resilience.stale_after if have_copy else self.resilience.miss_timeout
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), deadline)
-        except TimeoutError:
-            if have_copy:
+        if have_copy:
+            try:
+                return await asyncio.wait_for(asyncio.shield(task), self.resilience.stale_after)
+            except TimeoutError:
                 self.metrics.background_refresh(decision.kind.value)
+                return None
+        waiter = asyncio.ensure_future(answered.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, waiter}, timeout=self.resilience.miss_timeout, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            waiter.cancel()
+        if not done:
             return None
+        return await asyncio.shield(task)
 
     def too_slow(self, request: ClientRequest, have_copy: bool) -> str:
         deadline = self.resilience.stale_after if have_copy else self.resilience.miss_timeout

@@ -118,6 +118,11 @@ class BlobWriter:
                 self._file.close()
         self.path.unlink(missing_ok=True)
 
+    def finish(self) -> None:
+        """Flush, fsync and close the temp file now (a tool holding many verified bodies until it commits them
+        all must not keep a descriptor open for each); `Store.commit` or `Store.adopt` still takes it."""
+        self._close()
+
 
 # A hit records its time only if the last record is older than this: an exact LRU order is not worth a
 # database write on every hit.
@@ -417,6 +422,79 @@ class Store:
     def get_meta(self, key: str) -> str | None:
         value = self._meta.get(key)
         return value if isinstance(value, str) else None
+
+    # Operator tools (warm, export, import, stats, ls, purge) run beside a serving proxy: they read entries
+    # without recording an access, and change the index only in the steps below.
+
+    def peek(self, key: str) -> Entry | None:
+        """The entry for `key` as stored (its blob may be gone), without recording an access."""
+        raw: dict[str, Any] | None = self._index.get(key)
+        return _entry_from_dict(key, raw) if raw is not None else None
+
+    def entries(self) -> Iterator[tuple[Entry, float]]:
+        """Every entry with the time it was last served or stored, without recording an access."""
+        for key in list(self._index.iterkeys()):
+            raw: dict[str, Any] | None = self._index.get(key)
+            if raw is not None:
+                yield _entry_from_dict(key, raw), float(raw.get("accessed_at", raw["stored_at"]))
+
+    def meta_items(self, prefix: str = "") -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key in list(self._meta.iterkeys()):
+            if isinstance(key, str) and key.startswith(prefix):
+                value = self._meta.get(key)
+                if isinstance(value, str):
+                    out[key] = value
+        return out
+
+    def adopt(self, writer: BlobWriter, digest: str) -> None:
+        """Make a written, already verified body the blob `digest` without pointing any key at it yet
+        (`put_entries` does that). Raises IntegrityError if it does not hash to `digest` (nothing stored)."""
+        new_blob, _ = self._commit_file(writer, digest, digest)
+        if new_blob:
+            with self._lock:
+                self._bytes += writer.size
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def put_entries(self, entries: list[Entry], meta: dict[str, str]) -> None:
+        """Point keys at blobs already in place and record meta facts, all in one transaction each."""
+        now = self._clock()
+        with disk_errors():
+            with self._meta.transact():
+                for key, value in meta.items():
+                    self._meta.set(key, value)
+            with self._index.transact():
+                for entry in entries:
+                    self._index.set(entry.key, {**_entry_to_dict(entry), "accessed_at": now})
+
+    def remove_entries(self, keys: list[str]) -> tuple[int, int, int]:
+        """Delete these entries, then the blobs no remaining entry points at: (entries removed, blobs
+        removed, bytes freed). Entries go first, so a crash in between leaves only unreferenced blobs."""
+        doomed: set[str] = set()
+        removed = 0
+        for key in keys:
+            raw: dict[str, Any] | None = self._index.get(key)
+            if raw is not None and self._index.delete(key):
+                removed += 1
+                doomed.add(raw["digest"])
+        if doomed:
+            for entry, _ in self.entries():
+                doomed.discard(entry.digest)
+        blobs, freed = 0, 0
+        for digest in doomed:
+            path = self.blob_path(digest)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            blobs += 1
+            freed += size
+        with self._lock:
+            self._bytes -= freed
+        return removed, blobs, freed
 
 
 def _sha256_of(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -11,8 +12,8 @@ logger = logging.getLogger(__name__)
 _running: set[asyncio.Task[Any]] = set()
 
 
-def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-    task = asyncio.create_task(coro, name=name)  # noqa: TID251 - this is the one sanctioned place
+def spawn(coro: Coroutine[Any, Any, Any], name: str, context: contextvars.Context | None = None) -> asyncio.Task[Any]:
+    task = asyncio.create_task(coro, name=name, context=context)  # noqa: TID251 - the one sanctioned place
     _running.add(task)
     task.add_done_callback(_finished)
     return task

@@ -16,6 +16,7 @@ import aiohttp
 
 from .breaker import Breaker
 from .errors import ConfigError, UpstreamError
+from .inflight import UPSTREAM_ANSWERED
 from .metrics import Metrics
 from .settings import Origin, Resilience
 
@@ -217,6 +218,8 @@ class Upstream:
             self._failed(breaker, exc)
             raise
         self._metrics.observe_upstream(origin, time.monotonic() - started)
+        if (answered := UPSTREAM_ANSWERED.get()) is not None:
+            answered.set()
         if raw.status >= 500:
             self._metrics.upstream_error("status_5xx")
             breaker.record_failure(self._clock())
