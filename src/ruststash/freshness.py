@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -29,7 +30,8 @@ def parse_cache_control(value: str | None) -> CacheControl:
 
     def seconds(name: str) -> int | None:
         raw = fields.get(name)
-        return int(raw) if raw is not None and raw.isdigit() else None
+        # ASCII digits only (str.isdigit accepts "²"), and few enough of them to be a number of seconds
+        return int(raw) if raw is not None and re.fullmatch(r"[0-9]{1,10}", raw) else None
 
     return CacheControl(
         max_age=seconds("max-age"),
@@ -85,5 +87,5 @@ def not_modified(request_headers: Mapping[str, str], etag: str | None, last_modi
         return False
     try:
         return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(ims)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a client's absurd date is simply not a match
         return False

@@ -216,6 +216,8 @@ def _plain_path(path: str) -> bool:
     """Only plain absolute paths are cached: no query, no escapes, no dot segments, no empty segments."""
     if not path.startswith("/") or any(c in path for c in "?#%\\") or "//" in path:
         return False
+    if not path.isascii() or not path.isprintable() or " " in path:
+        return False
     return all(segment not in (".", "..") for segment in path.split("/"))
 
 

@@ -33,8 +33,8 @@ def archive_hashes(manifest: bytes) -> dict[str, str]:
     """URL path -> sha256 for every archive the manifest lists. Raises ValueError if it is not a manifest."""
     try:
         data = tomllib.loads(manifest.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"not a TOML manifest: {exc}") from exc
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise ValueError(f"not a TOML manifest: {type(exc).__name__}") from exc
     packages = data.get("pkg")
     if not isinstance(packages, dict):
         raise ValueError("no [pkg] tables: not a channel manifest")

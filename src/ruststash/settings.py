@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,10 @@ def parse_size(value: str, what: str = "--max-size") -> int:
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _SIZE_UNITS:
         raise ConfigError(f"{what} {value!r} is not a size such as 20GiB, 500MB or 1048576")
-    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    number = float(match.group(1)) * _SIZE_UNITS[unit]
+    if not math.isfinite(number) or number >= 2**63:
+        raise ConfigError(f"{what} {value!r} is too large")
+    size = int(number)
     if size <= 0:
         raise ConfigError(f"{what} {value!r} must be more than zero")
     return size
@@ -170,7 +174,7 @@ def parse_size(value: str, what: str = "--max-size") -> int:
 
 def parse_host_port(value: str, what: str) -> HostPort:
     """Parse `HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces)."""
-    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", value.strip())
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:([0-9]{1,5})|([^:\[\]]*):([0-9]{1,5})", value.strip())
     if not match:
         raise ConfigError(f"{what} {value!r} is not HOST:PORT")
     host = match.group(1) if match.group(1) is not None else match.group(3)
@@ -192,13 +196,16 @@ def parse_cache_host(value: str) -> CacheHost:
     host, _, port_text = text.partition(":") if text.count(":") == 1 else (text, "", "")
     if not _HOSTNAME.match(host):
         raise ConfigError(f"--cache-host {value!r} is not a host name")
-    if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+    if port_text and not (re.fullmatch(r"[0-9]{1,5}", port_text) and 0 < int(port_text) < 65536):
         raise ConfigError(f"--cache-host {value!r}: bad port")
     return CacheHost(host, int(port_text) if port_text else None)
 
 
 def parse_origin(url: str, what: str) -> Origin:
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {url!r} is not a URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{what}: {url!r} is not an http(s) URL")
     if parts.query or parts.fragment:

@@ -16,7 +16,7 @@ def published_cksum(index_file: bytes, version: str) -> str | None:
     for line in index_file.splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(record, dict) and record.get("vers") == version:
             cksum = record.get("cksum")
@@ -29,7 +29,7 @@ def config_dl(config_json: bytes) -> str | None:
     """The `dl` value of a registry's config.json, or None."""
     try:
         config = json.loads(config_json)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     dl = config.get("dl") if isinstance(config, dict) else None
     return dl if isinstance(dl, str) else None
@@ -47,7 +47,7 @@ def index_file_problem(body: bytes) -> str | None:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return f"line {number} is not JSON"
         if not isinstance(record, dict) or not {"name", "vers", "cksum"} <= record.keys():
             return f"line {number} is not an index entry"
