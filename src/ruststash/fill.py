@@ -141,7 +141,10 @@ class Fill:
                 return open(self.path, "rb")  # noqa: ASYNC230 - opening is cheap; reads go to a thread
             except FileNotFoundError:
                 if self.entry is not None:
-                    return open(self.store.blob_path(self.entry.digest), "rb")  # noqa: ASYNC230
+                    try:
+                        return open(self.store.blob_path(self.entry.digest), "rb")  # noqa: ASYNC230
+                    except FileNotFoundError:
+                        raise UpstreamError("the stored body was removed before it could be sent") from None
                 if self.failure is not None:
                     raise UpstreamError(self.failure) from None
                 await self.changed()  # renamed by a commit that has not returned yet

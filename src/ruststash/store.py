@@ -127,6 +127,11 @@ class BlobWriter:
 # A hit records its time only if the last record is older than this: an exact LRU order is not worth a
 # database write on every hit.
 ACCESS_GRANULARITY = 60.0
+# A body looked up this recently is being served (or about to be): eviction leaves it alone. Kept in memory:
+# recording every hit in the database would cost a write per hit.
+PIN_SECONDS = 120.0
+# A body just committed is being streamed to the clients that waited for it (and to late joiners).
+PIN_COMMITTED_SECONDS = 15.0
 # Eviction, once the cap is passed, goes down to this fraction of it, so it does not run on every commit.
 EVICT_TO = 0.9
 ORPHAN_GRACE = 60.0
@@ -162,6 +167,7 @@ class Store:
         self.evictions = 0
         self.full_since: float | None = None
         self._lock = threading.Lock()
+        self._pinned: dict[str, float] = {}
         try:
             self._check_format()
             self._blobs.mkdir(parents=True, exist_ok=True)
@@ -189,7 +195,9 @@ class Store:
         elif any(self.directory.iterdir()):
             raise StoreError(f"{self.directory} is not empty and is not a ruststash store: use another --cache-dir")
         else:
-            marker.write_text(FORMAT + "\n", encoding="utf-8")
+            partial = marker.with_name("FORMAT.tmp")  # a crash must not leave an empty marker behind
+            partial.write_text(FORMAT + "\n", encoding="utf-8")
+            os.replace(partial, marker)
 
     def close(self) -> None:
         self._index.close()
@@ -234,6 +242,7 @@ class Store:
             self._index.delete(key)
             return None
         now = self._clock()
+        self._pin(entry.digest, now + PIN_SECONDS)
         if now - raw.get("accessed_at", 0.0) > ACCESS_GRANULARITY and not self.writes_paused():
             try:
                 with disk_errors():
@@ -241,6 +250,15 @@ class Store:
             except StoreError:
                 pass  # a hit must not fail because its access time could not be recorded
         return entry
+
+    def _pin(self, digest: str, until: float) -> None:
+        """Keep eviction away from `digest` until `until` (in memory only: no database write per hit)."""
+        self._pinned[digest] = max(until, self._pinned.get(digest, 0.0))
+        if len(self._pinned) > 4096:
+            now = self._clock()
+            with self._lock:
+                for old in [d for d, t in list(self._pinned.items()) if t < now]:
+                    self._pinned.pop(old, None)
 
     def writes_paused(self) -> bool:
         """True while the disk was found full recently: callers serve without trying to store."""
@@ -295,6 +313,7 @@ class Store:
             self._disk_full()  # the body is in place but unreferenced: harmless, `verify` removes it
             raise
         self._disk_ok()
+        self._pin(digest, self._clock() + PIN_COMMITTED_SECONDS)
         with self._lock:
             if new_blob:
                 self._bytes += writer.size
@@ -335,9 +354,12 @@ class Store:
             references[raw["digest"]] += 1
         entries.sort()
         goal = self.max_bytes * EVICT_TO
+        now = self._clock()
         for _, key, digest in entries:
             if self._bytes <= goal:
                 break
+            if self._pinned.get(digest, 0.0) > now:
+                continue  # being served right now: a client must never find its body gone
             self._index.delete(key)
             self.evictions += 1
             references[digest] -= 1
