@@ -16,6 +16,7 @@ from tests.conftest import ProxyFactory
 from tests.harness import ProxyProcess, free_port, proxy_process_env, ruststash_command
 from tests.origins.clients import write_consumer
 from tests.origins.crates_io import FakeCratesIo
+from tests.origins.registry import Registry
 from tests.origins.server import BackgroundServer
 from tests.origins.tls import OriginTLS
 from tests.test_e2e_cargo import sandbox, upstream_args
@@ -135,3 +136,20 @@ def test_tunnel_allow_list(
     proxy = start_proxy(["--tunnel-allow", "github.com"], name="guarded")
     assert not reaches_internal_service(proxy.port, internal_service.port, origin_tls)
     assert "is not in --tunnel-allow" in proxy.log()
+
+
+@pytest.mark.parametrize("cache_control", ["private, max-age=600", "no-store"])
+def test_private_and_no_store_responses_are_not_stored(
+    start_proxy: ProxyFactory, edge_registry: Registry, origin_tls: OriginTLS, cache_control: str
+) -> None:
+    origin = FakeCratesIo(edge_registry, origin_tls, index_cache_control=cache_control)
+    try:
+        proxy = start_proxy(upstream_args(origin, origin_tls))
+        crate = edge_registry.crates[0]
+        url = f"https://index.crates.io/{edge_registry.index_path(crate.name)}"
+        first, second = get_with(proxy, url, {}), get_with(proxy, url, {})
+        assert first == second == edge_registry.index_file(crate.name)
+        assert origin.count("/" + edge_registry.index_path(crate.name), site="index") == 2
+        assert {r.get("note") for r in proxy.access()} == {"not stored: upstream said no-store/private"}
+    finally:
+        origin.close()
