@@ -184,7 +184,10 @@ def test_breaker_stops_asking_a_dead_upstream_until_the_backoff_ends(
     origin_tls: OriginTLS,
 ) -> None:
     args = [*upstream_args(faulty_crates, origin_tls), "--stale-after", "1", "--breaker-threshold", "2"]
-    proxy = start_proxy([*args, "--breaker-backoff", "3"], cache_dir=copy_cache(warm_crates_cache, tmp_path))
+    # Failed probes double the backoff; capping it keeps the wait for recovery short however many probes
+    # a slow (loaded) machine lets through while the fault is on.
+    backoff = ["--breaker-backoff", "3", "--breaker-max-backoff", "4"]
+    proxy = start_proxy([*args, *backoff], cache_dir=copy_cache(warm_crates_cache, tmp_path))
     box, project = cargo_user(tmp_path, proxy, faulty_crates.registry)
     faulty_crates.set_fault("/", "status_503")
     box.run(["generate-lockfile"], project)

@@ -217,6 +217,9 @@ class Upstream:
         except UpstreamError as exc:
             self._failed(breaker, exc)
             raise
+        except BaseException:
+            breaker.probing = False  # cancelled: give the probe slot back, or the origin stays down
+            raise
         self._metrics.observe_upstream(origin, time.monotonic() - started)
         if (answered := UPSTREAM_ANSWERED.get()) is not None:
             answered.set()
