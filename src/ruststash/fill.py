@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from .errors import IntegrityError, StoreError, UpstreamError
 from .metrics import Metrics
@@ -59,6 +59,8 @@ class Fill:
         self._changed = asyncio.Event()
         self._writer: BlobWriter | None = None
         self.path: Path | None = None
+        self._fd: int | None = None
+        self._readers = 0
 
     @property
     def finished(self) -> bool:
@@ -78,6 +80,7 @@ class Fill:
                     return
                 self._writer = await asyncio.to_thread(self.store.writer)
                 self.path = self._writer.path
+                self._fd = os.open(self.path, os.O_RDONLY)
                 self.head.set_result(head)
                 await self._copy(response.chunks())
                 self.entry = await asyncio.to_thread(
@@ -101,6 +104,7 @@ class Fill:
             if self.entry is None and self._writer is not None:
                 await asyncio.to_thread(self._writer.abort)
             self._changed.set()
+            self._release()
 
     async def _copy(self, chunks: AsyncIterator[bytes]) -> None:
         assert self._writer is not None
@@ -133,36 +137,40 @@ class Fill:
         if not self.finished:
             await self._changed.wait()
 
-    async def _open(self) -> BinaryIO:
-        """The body being written, or (if it was committed meanwhile and renamed) the stored blob."""
-        assert self.path is not None
-        while True:
-            try:
-                return open(self.path, "rb")  # noqa: ASYNC230 - opening is cheap; reads go to a thread
-            except FileNotFoundError:
-                if self.entry is not None:
-                    try:
-                        return open(self.store.blob_path(self.entry.digest), "rb")  # noqa: ASYNC230
-                    except FileNotFoundError:
-                        raise UpstreamError("the stored body was removed before it could be sent") from None
-                if self.failure is not None:
-                    raise UpstreamError(self.failure) from None
-                await self.changed()  # renamed by a commit that has not returned yet
+    def _release(self) -> None:
+        """Close the shared read handle once the fill is over and no reader needs it."""
+        if self._fd is not None and self.finished and self._readers == 0:
+            os.close(self._fd)
+            self._fd = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it is written. Raises UpstreamError if the fill fails (the reader must then cut the
-        transfer short); the last byte is released only after the body is verified and committed."""
+        transfer short); the last byte is released only after the body is verified and committed.
+
+        Readers share one read-only handle opened when the temp file was created, reading at explicit
+        offsets: the file stays readable after the commit renames it, and even after eviction unlinks it."""
         head = await self.head
-        if head.error or self.path is None:
-            raise UpstreamError(head.error or "no body")
-        with await self._open() as source:
+        if head.error:
+            raise UpstreamError(head.error)
+        own_fd = None
+        if self._fd is None:  # the download finished and its readers left: read the stored blob instead
+            if self.entry is None:
+                raise UpstreamError(self.failure or "the download is over")
+            try:
+                own_fd = os.open(self.store.blob_path(self.entry.digest), os.O_RDONLY)
+            except FileNotFoundError:
+                raise UpstreamError("the stored body was removed before it could be sent") from None
+        fd = own_fd if own_fd is not None else self._fd
+        assert fd is not None
+        self._readers += 1
+        try:
             sent = 0
             while True:
                 if self.failure is not None:
                     raise UpstreamError(self.failure)
                 limit = self.written if self.entry is not None else self.written - 1
                 if sent < limit:
-                    data = await asyncio.to_thread(source.read, min(limit - sent, READ_CHUNK))
+                    data = await asyncio.to_thread(os.pread, fd, min(limit - sent, READ_CHUNK), sent)
                     if not data:
                         raise UpstreamError("temp file ended early")
                     sent += len(data)
@@ -171,3 +179,8 @@ class Fill:
                 if self.entry is not None:
                     return
                 await self.changed()
+        finally:
+            self._readers -= 1
+            if own_fd is not None:
+                os.close(own_fd)
+            self._release()

@@ -127,11 +127,9 @@ class BlobWriter:
 # A hit records its time only if the last record is older than this: an exact LRU order is not worth a
 # database write on every hit.
 ACCESS_GRANULARITY = 60.0
-# A body looked up this recently is being served (or about to be): eviction leaves it alone. Kept in memory:
-# recording every hit in the database would cost a write per hit.
-PIN_SECONDS = 120.0
-# A body just committed is being streamed to the clients that waited for it (and to late joiners).
-PIN_COMMITTED_SECONDS = 15.0
+# A body looked up this recently is about to be served (opened): eviction leaves it alone. Kept in memory:
+# recording every hit in the database would cost a write per hit. (Once opened, unlinking it is harmless.)
+PIN_SECONDS = 30.0
 # Eviction, once the cap is passed, goes down to this fraction of it, so it does not run on every commit.
 EVICT_TO = 0.9
 ORPHAN_GRACE = 60.0
@@ -313,7 +311,6 @@ class Store:
             self._disk_full()  # the body is in place but unreferenced: harmless, `verify` removes it
             raise
         self._disk_ok()
-        self._pin(digest, self._clock() + PIN_COMMITTED_SECONDS)
         with self._lock:
             if new_blob:
                 self._bytes += writer.size
