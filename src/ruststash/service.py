@@ -42,6 +42,8 @@ from .upstream import CREDENTIAL_HEADERS, FORWARDED_REQUEST_HEADERS, Upstream, U
 
 logger = logging.getLogger(__name__)
 
+# Hits on bodies up to this size are read with their lookup, in one trip to a worker thread.
+INLINE_BODY = 1024 * 1024
 # Index files that upstream says do not exist are remembered briefly (a missing crate on a slow link).
 NEGATIVE_STATUSES = (404, 410, 451)
 
@@ -178,9 +180,9 @@ class CacheService:
     async def revalidating(self, decision: Decision, request: ClientRequest, force: bool = False) -> Reply:
         """Fresh: serve. Stale or absent: ask upstream (conditionally when we hold a copy). Upstream failing
         or too slow: serve what we hold, marked STALE, else a clear 502/504."""
-        entry = await asyncio.to_thread(self.store.lookup, decision.key)
+        entry, body = await asyncio.to_thread(self.store.lookup_with_body, decision.key, INLINE_BODY)
         if entry is not None and not force and is_fresh(entry.stored_at, entry.lifetime, self._clock()):
-            return await self.answer(entry, request, Outcome.HIT)
+            return await self.answer(entry, request, Outcome.HIT, body=body)
         fetched = await self.coalesced(
             decision, request, entry is not None, lambda: self._refetch(decision, request, entry)
         )
@@ -254,9 +256,9 @@ class CacheService:
     async def _crate(self, decision: Decision, crate: CrateRef, request: ClientRequest) -> Reply:
         """Immutable: a stored copy is always served. A new one is stored only if its sha256 is the `cksum`
         its registry's index publishes for that version; a mirror serving anything else is passed over."""
-        entry = await asyncio.to_thread(self.store.lookup, decision.key)
+        entry, body = await asyncio.to_thread(self.store.lookup_with_body, decision.key, INLINE_BODY)
         if entry is not None:
-            return await self.answer(entry, request, Outcome.HIT)
+            return await self.answer(entry, request, Outcome.HIT, body=body)
         fetched = await self.coalesced(decision, request, False, lambda: self._fetch_crate(decision, crate, request))
         if fetched is None:
             return error_reply(504, self.too_slow(request, False))

@@ -258,6 +258,17 @@ class Store:
                 for old in [d for d, t in list(self._pinned.items()) if t < now]:
                     self._pinned.pop(old, None)
 
+    def lookup_with_body(self, key: str, max_body: int) -> tuple[Entry | None, bytes | None]:
+        """`lookup`, plus the body when it is at most `max_body` bytes: a hit on a small body then costs one
+        trip to a worker thread, not two."""
+        entry = self.lookup(key)
+        if entry is None or entry.size > max_body:
+            return entry, None
+        try:
+            return entry, self.blob_path(entry.digest).read_bytes()
+        except FileNotFoundError:
+            return None, None
+
     def writes_paused(self) -> bool:
         """True while the disk was found full recently: callers serve without trying to store."""
         return self.full_since is not None and self._clock() - self.full_since < FULL_RETRY
