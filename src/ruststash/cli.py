@@ -56,6 +56,19 @@ def _listen_option(
     )
 
 
+def cache_dir_option(text: str) -> Callable[[FC], FC]:
+    """`--cache-dir` (RUSTSTASH_CACHE_DIR), for every command that works on a store."""
+    return click.option(
+        "--cache-dir",
+        envvar="RUSTSTASH_CACHE_DIR",
+        show_envvar=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default_cache_dir,
+        show_default="the user cache directory",
+        help=text,
+    )
+
+
 data_dir_option = click.option(
     "--data-dir",
     envvar="RUSTSTASH_DATA_DIR",
@@ -110,15 +123,7 @@ def _resilience_options[F: Callable[..., object]](command: F) -> F:
 @main.command(context_settings=CONTEXT)
 @_listen_option(DEFAULT_LISTEN)
 @_listen_option(DEFAULT_ADMIN_LISTEN, "--admin-listen", "RUSTSTASH_ADMIN_LISTEN", "admin server (/healthz)")
-@click.option(
-    "--cache-dir",
-    envvar="RUSTSTASH_CACHE_DIR",
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_cache_dir,
-    show_default="the user cache directory",
-    help="Where cached bodies and their index are stored.",
-)
+@cache_dir_option("Where cached bodies and their index are stored.")
 @data_dir_option
 @click.option(
     "--cache-host",
@@ -277,15 +282,7 @@ def render_env(variables: dict[str, str], shell: str) -> str:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option(
-    "--cache-dir",
-    envvar="RUSTSTASH_CACHE_DIR",
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_cache_dir,
-    show_default="the user cache directory",
-    help="The store to check.",
-)
+@cache_dir_option("The store to check.")
 def verify(cache_dir: Path) -> None:
     """Re-hash every stored body; remove corrupt ones (and what points at them). Exit 1 if any were found."""
     from .store import Store

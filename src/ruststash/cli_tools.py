@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli import CONTEXT, FC, _clear_errors, data_dir_option, default_cache_dir, main
+from .cli import CONTEXT, _clear_errors, cache_dir_option, data_dir_option, main
 from .errors import ConfigError
 from .settings import DEFAULT_ADMIN_LISTEN, build_cache_hosts, build_upstreams
 
@@ -34,18 +34,6 @@ def _human_size(n: int) -> str:
     from .inspect import human_size
 
     return human_size(n)
-
-
-def _tool_cache_dir_option(text: str) -> Callable[[FC], FC]:
-    return click.option(
-        "--cache-dir",
-        envvar="RUSTSTASH_CACHE_DIR",
-        show_envvar=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        default=default_cache_dir,
-        show_default="the user cache directory",
-        help=text,
-    )
 
 
 def _selector_options[F: Callable[..., object]](command: F) -> F:
@@ -119,7 +107,7 @@ def _targets(targets: tuple[str, ...]) -> tuple[str, ...]:
 
 @main.command(context_settings=CONTEXT)
 @_selector_options
-@_tool_cache_dir_option("The store to fill (a proxy may be serving from it).")
+@cache_dir_option("The store to fill (a proxy may be serving from it).")
 @data_dir_option
 @click.option(
     "--upstream",
@@ -232,7 +220,7 @@ def warm(
     show_envvar=True,
     help="Everything in the cache (but entries kept per credential, which are never exported).",
 )
-@_tool_cache_dir_option("The store to export from (a proxy may be serving from it).")
+@cache_dir_option("The store to export from (a proxy may be serving from it).")
 @click.option(
     "--output",
     "-o",
@@ -304,7 +292,7 @@ def export_command(
 
 @main.command("import", context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@_tool_cache_dir_option("The store to import into (created if needed; a proxy may be serving from it).")
+@cache_dir_option("The store to import into (created if needed; a proxy may be serving from it).")
 def import_command(bundle: Path, cache_dir: Path) -> None:
     """Check BUNDLE completely, then add what the cache lacks.
 
@@ -326,7 +314,7 @@ def import_command(bundle: Path, cache_dir: Path) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@_tool_cache_dir_option("The store to describe.")
+@cache_dir_option("The store to describe.")
 @click.option(
     "--admin",
     envvar="RUSTSTASH_ADMIN",
@@ -394,7 +382,7 @@ def _filter_options[F: Callable[..., object]](command: F) -> F:
             metavar="AGE",
             help="Only entries not served or stored for AGE.",
         ),
-        _tool_cache_dir_option("The store to look into (a proxy may be serving from it)."),
+        cache_dir_option("The store to look into (a proxy may be serving from it)."),
     ]
     for option in reversed(options):
         command = option(command)
