@@ -309,6 +309,18 @@ def test_oversized_requests_inside_an_intercepted_tunnel(attack: Target) -> None
         assert_refused(reply, also=(200, 304, 502))
 
 
+def test_a_request_line_that_arrives_in_pieces_is_still_http(attack: Target) -> None:
+    """A slow client's first bytes inside the tunnel hold no newline yet. mitmproxy, with its default
+    `rawtcp`, would take them for some other protocol and pipe them to the real host untouched (no cache,
+    and here no answer at all); ruststash must treat them as the HTTP request they are."""
+    with open_tunnel(attack.proxy) as tls:
+        tls.sendall(b"GET /con")
+        time.sleep(0.5)
+        tls.sendall(b"fig.json HTTP/1.1\r\nHost: index.crates.io\r\nConnection: close\r\n\r\n")
+        reply = read_until_closed(tls, time.monotonic() + READ_TIMEOUT)
+    assert status_of(reply) == 200 and b'"dl"' in reply, reply[:300]
+
+
 def test_endless_request_head_is_not_buffered_without_bound(start_proxy: ProxyFactory) -> None:
     """A client that never ends its request head must not make the proxy hold all of it: up to 200 MiB of one
     header line, sent for at most ~15 s, must be refused (or the connection closed) before the proxy's memory

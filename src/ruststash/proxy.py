@@ -55,6 +55,9 @@ def mitmproxy_options(settings: Settings) -> dict[str, object]:
         "connection_strategy": "lazy",
         "upstream_cert": False,
         "allow_hosts": [h.allow_pattern() for h in settings.cache_hosts],
+        # Inside an intercepted tunnel it is always HTTP. With rawtcp on, mitmproxy guesses "raw TCP" from the
+        # first bytes it decrypts (no newline yet in a long request line) and passes them straight upstream.
+        "rawtcp": False,
         # PASS traffic on intercepted hosts is forwarded by mitmproxy: never hold a large body whole
         "stream_large_bodies": "1m",
     }
