@@ -8,7 +8,7 @@ import pytest
 
 from ruststash.errors import ConfigError, IntegrityError, StoreError
 from ruststash.settings import parse_size
-from ruststash.store import Store
+from ruststash.store import PIN_SECONDS, Store
 
 META = {"status": 200, "headers": (("etag", '"x"'),), "stored_at": 1000.0, "lifetime": math.inf}
 
@@ -110,6 +110,25 @@ def test_eviction_keeps_a_blob_another_entry_still_uses(tmp_path: Path) -> None:
         entry = store.lookup(key)
         if entry is not None:
             assert store.blob_path(entry.digest).exists()
+
+
+def test_an_opened_body_stays_whole_after_eviction_removes_it(tmp_path: Path) -> None:
+    """What the blob server relies on: a body opened by `lookup_open` is sent whole even if eviction takes
+    its file away before (or while) it is sent; and a body evicted before it was opened is a miss."""
+    now = [1000.0]
+    store = Store(tmp_path / "c", max_bytes=1000, clock=lambda: now[0])
+    store.put("archive:a", b"a" * 600, **META)
+    found = store.lookup_open("archive:a")
+    assert found is not None
+    entry, blob = found
+    now[0] += PIN_SECONDS + 1  # the lookup's pin has run out: nothing holds the entry back any more
+    store.put("archive:b", b"b" * 600, **META)
+    assert not store.blob_path(entry.digest).exists() and store.lookup("archive:a") is None
+    try:
+        assert blob.path.read_bytes() == b"a" * 600
+    finally:
+        blob.close()
+    assert store.open_blob(entry) is None
 
 
 def test_verify_removes_corrupt_and_dangling(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import secrets
 import time
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from .errors import UpstreamError
 from .replies import Reply
@@ -43,12 +44,15 @@ class BlobServer:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        for _, reply in self._tickets.values():
+            _discard(reply)
+        self._tickets.clear()
 
     def issue(self, reply: Reply) -> str:
         """A path on this server that answers `reply` once."""
         now = time.monotonic()
         for token in [t for t, (issued, _) in self._tickets.items() if now - issued > TICKET_TTL]:
-            del self._tickets[token]
+            _discard(self._tickets.pop(token)[1])  # its client never came for it
         token = secrets.token_urlsafe(24)
         self._tickets[token] = (now, reply)
         return f"/t/{token}"
@@ -61,7 +65,13 @@ class BlobServer:
         headers = {k: v for k, v in reply.headers}
         headers["x-cache"] = reply.outcome.value
         if reply.file is not None:
-            return web.FileResponse(reply.file, headers=headers)
+            # Sent (and its handle closed) here, not after we return: the handle must outlive the sending.
+            try:
+                stored = _SentInHandler(reply.file.path, headers=headers)
+                await stored.prepare(request)
+                return stored
+            finally:
+                reply.file.close()
         assert reply.fill is not None
         response = web.StreamResponse(status=reply.status, headers=headers)
         if reply.size is not None:
@@ -81,3 +91,18 @@ class BlobServer:
             return response
         await response.write_eof()
         return response
+
+
+class _SentInHandler(web.FileResponse):
+    """A FileResponse that the handler sends itself (so that the handle it reads is closed afterwards).
+    aiohttp prepares whatever a handler returns once more, which a FileResponse would take as a new send."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
+def _discard(reply: Reply) -> None:
+    if reply.file is not None:
+        reply.file.close()

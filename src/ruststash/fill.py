@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import IntegrityError, StoreError, UpstreamError
 from .metrics import Metrics
-from .store import BlobWriter, Entry, Store
+from .store import BlobWriter, Entry, OpenBlob, Store
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,22 @@ class Fill:
         """Wait until more is written or the fill has finished."""
         if not self.finished:
             await self._changed.wait()
+
+    async def whole(self) -> OpenBlob | None:
+        """Wait until the download is over: then a handle of the caller's own on the verified body, or None
+        if the download failed (see `failure`) or its body was evicted before it could be opened."""
+        self._readers += 1  # holds the shared handle open while we wait, so the body cannot slip away
+        try:
+            while not self.finished:
+                await self.changed()
+            if self.entry is None:
+                return None
+            if self._fd is not None:
+                return OpenBlob(os.dup(self._fd), self.entry.digest, self.entry.size)
+            return await asyncio.to_thread(self.store.open_blob, self.entry)
+        finally:
+            self._readers -= 1
+            self._release()
 
     def _release(self) -> None:
         """Close the shared read handle once the fill is over and no reader needs it."""

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UpstreamError
-from .store import Entry
+from .store import Entry, OpenBlob
 
 if TYPE_CHECKING:
     from .fill import Fill
@@ -50,15 +49,16 @@ class ClientRequest:
 
 @dataclass(frozen=True)
 class Reply:
-    """What to answer. The body is `body`, or the stored file `file`, or a download in progress `fill`
-    (the last two are streamed to the client, never held in memory)."""
+    """What to answer. The body is `body`, or a stored body opened for reading `file` (the reply owns the
+    handle: whoever ends up not sending it closes it), or a download in progress `fill` (the last two are
+    streamed to the client, never held in memory)."""
 
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
     outcome: Outcome
     note: str = ""
-    file: Path | None = None
+    file: OpenBlob | None = None
     fill: Fill | None = None
     size: int | None = None
     forward: bool = False  # let mitmproxy stream it from upstream, not stored (the cache disk is full)

@@ -31,7 +31,7 @@ from .replies import (
     selected,
 )
 from .rust_manifest import archive_hashes, parse_sha256_file, sha256_file_body
-from .store import Entry
+from .store import Entry, OpenBlob
 from .upstream import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ PAIR_WINDOW = 60.0
 WHOLE_BEFORE_SENDING = 8 * 1024 * 1024
 
 
+# A body evicted between its lookup and its opening is looked up (or fetched) again, this many times in all:
+# only a cache far smaller than what its clients ask for at once loses that race twice.
+ARCHIVE_ATTEMPTS = 3
 FORWARD = Reply(200, (), b"", Outcome.MISS, NOT_STORED_FULL, forward=True)
 
 
@@ -176,9 +179,18 @@ class RustDist:
     async def archive(self, decision: Decision, request: ClientRequest) -> Reply:
         """Stored: streamed from disk (Range too). Not stored: downloaded once however many clients ask,
         streamed to each while it is written, stored if it matches the manifest's hash."""
-        entry = await asyncio.to_thread(self._store.lookup, decision.key)
-        if entry is not None:
-            return self._file_reply(entry, request, Outcome.HIT)
+        for _ in range(ARCHIVE_ATTEMPTS):
+            reply = await self._archive(decision, request)
+            if reply is not None:
+                return reply
+        return error_reply(503, f"{request.host}{request.path}: evicted as soon as stored; the cache is too small")
+
+    async def _archive(self, decision: Decision, request: ClientRequest) -> Reply | None:
+        """The reply, or None if the stored body was evicted between finding it and opening it (then the
+        caller asks again: it is found, or fetched, anew)."""
+        found = await asyncio.to_thread(self._store.lookup_open, decision.key)
+        if found is not None:
+            return self._file_reply(*found, request, Outcome.HIT)
         if self._store.writes_paused():
             return FORWARD
         fill = self._fills.get(decision.key)
@@ -201,11 +213,10 @@ class RustDist:
         if small or "range" in request.headers:
             # Small bodies (and resumed downloads, answered from the stored body) wait until the download
             # is whole and verified, so a bad one gets a 502 with the reason rather than a cut transfer.
-            while not fill.finished:
-                await fill.changed()
+            blob = await fill.whole()
             if fill.entry is None:
                 return error_reply(502, f"{request.host}{request.path}: {fill.failure}")
-            return self._file_reply(fill.entry, request, Outcome.MISS)
+            return None if blob is None else self._file_reply(fill.entry, blob, request, Outcome.MISS)
         return Reply(200, head.headers, b"", Outcome.MISS, fill=fill, size=head.content_length)
 
     async def _start_fill(self, decision: Decision, request: ClientRequest) -> Fill:
@@ -225,8 +236,9 @@ class RustDist:
         if self._fills.get(key) is fill:
             del self._fills[key]
 
-    def _file_reply(self, entry: Entry, request: ClientRequest, outcome: Outcome) -> Reply:
+    @staticmethod
+    def _file_reply(entry: Entry, blob: OpenBlob, request: ClientRequest, outcome: Outcome) -> Reply:
         if not_modified(request.headers, entry.etag, entry.last_modified):
+            blob.close()
             return Reply(304, selected(entry.headers, VALIDATOR_HEADERS), b"", outcome)
-        path = self._store.blob_path(entry.digest)
-        return Reply(200, entry.headers, b"", outcome, file=path, size=entry.size)
+        return Reply(200, entry.headers, b"", outcome, file=blob, size=entry.size)

@@ -58,6 +58,28 @@ class Entry:
         return self.header("last-modified")
 
 
+class OpenBlob:
+    """A read handle on a stored body, taken under the eviction lock: the body stays readable through it
+    however long it takes to send, even if eviction (or `ruststash purge`) unlinks the file meanwhile.
+    Whoever holds it closes it."""
+
+    def __init__(self, fd: int, digest: str, size: int) -> None:
+        self.fd: int | None = fd
+        self.digest = digest
+        self.size = size
+
+    @property
+    def path(self) -> Path:
+        """A path that opens this very file even after it was unlinked (Linux /proc)."""
+        assert self.fd is not None, "the handle is closed"
+        return Path(f"/proc/self/fd/{self.fd}")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # After the disk was found full, stores are not even tried for this long (then one is, to see if space
 # came back).
@@ -164,7 +186,8 @@ class Store:
         self._tmp = directory / "tmp"
         self.evictions = 0
         self.full_since: float | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held to unlink a body, and to pin or open one
+        self._evicting = threading.Lock()
         self._pinned: dict[str, float] = {}
         try:
             self._check_format()
@@ -236,11 +259,13 @@ class Store:
         if raw is None:
             return None
         entry = _entry_from_dict(key, raw)
-        if not self.blob_path(entry.digest).exists():
+        now = self._clock()
+        with self._lock:  # pinned and seen in place in one step: an eviction runs wholly before or after
+            self._pin(entry.digest, now + PIN_SECONDS)
+            present = self.blob_path(entry.digest).exists()
+        if not present:
             self._index.delete(key)
             return None
-        now = self._clock()
-        self._pin(entry.digest, now + PIN_SECONDS)
         if now - raw.get("accessed_at", 0.0) > ACCESS_GRANULARITY and not self.writes_paused():
             try:
                 with disk_errors():
@@ -250,13 +275,30 @@ class Store:
         return entry
 
     def _pin(self, digest: str, until: float) -> None:
-        """Keep eviction away from `digest` until `until` (in memory only: no database write per hit)."""
+        """Keep eviction away from `digest` until `until` (in memory only: no database write per hit).
+        Called with `_lock` held."""
         self._pinned[digest] = max(until, self._pinned.get(digest, 0.0))
         if len(self._pinned) > 4096:
             now = self._clock()
-            with self._lock:
-                for old in [d for d, t in list(self._pinned.items()) if t < now]:
-                    self._pinned.pop(old, None)
+            for old in [d for d, t in self._pinned.items() if t < now]:
+                del self._pinned[old]
+
+    def lookup_open(self, key: str) -> tuple[Entry, OpenBlob] | None:
+        """`lookup`, and a handle on the body (see OpenBlob); None if absent or evicted in between."""
+        entry = self.lookup(key)
+        if entry is None:
+            return None
+        blob = self.open_blob(entry)
+        return None if blob is None else (entry, blob)
+
+    def open_blob(self, entry: Entry) -> OpenBlob | None:
+        """A handle on `entry`'s body, or None if it is gone (evicted or purged since it was looked up)."""
+        with self._lock:  # eviction unlinks under this lock: a body opened here was whole and in place
+            try:
+                fd = os.open(self.blob_path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+        return OpenBlob(fd, entry.digest, entry.size)
 
     def lookup_with_body(self, key: str, max_body: int) -> tuple[Entry | None, bytes | None]:
         """`lookup`, plus the body when it is at most `max_body` bytes: a hit on a small body then costs one
@@ -325,8 +367,9 @@ class Store:
         with self._lock:
             if new_blob:
                 self._bytes += writer.size
-            if self.max_bytes and self._bytes > self.max_bytes:
-                self._evict()
+            over = self.max_bytes and self._bytes > self.max_bytes
+        if over:
+            self._evict()
         return entry
 
     def _commit_file(self, writer: BlobWriter, key: str, expected_digest: str | None) -> tuple[bool, str]:
@@ -351,34 +394,35 @@ class Store:
         """Drop least recently used entries until the store is under EVICT_TO of its cap. An entry goes
         before its blob, and a blob only when no entry points at it: a crash in between leaves at worst an
         unreferenced blob, never an entry without its body. (A channel manifest's .sha256 is computed from
-        the stored .toml, so the pair cannot be split.)"""
-        entries: list[tuple[float, str, str]] = []
-        references: Counter[str] = Counter()
-        for key in list(self._index.iterkeys()):
-            raw = self._index.get(key)
-            if raw is None:
-                continue
-            entries.append((raw.get("accessed_at", raw["stored_at"]), key, raw["digest"]))
-            references[raw["digest"]] += 1
-        entries.sort()
-        goal = self.max_bytes * EVICT_TO
-        now = self._clock()
-        for _, key, digest in entries:
-            if self._bytes <= goal:
-                break
-            if self._pinned.get(digest, 0.0) > now:
-                continue  # being served right now: a client must never find its body gone
-            self._index.delete(key)
-            self.evictions += 1
-            references[digest] -= 1
-            if references[digest] == 0:
-                path = self.blob_path(digest)
-                try:
-                    size = path.stat().st_size
-                    path.unlink()
-                except FileNotFoundError:
+        the stored .toml, so the pair cannot be split.) The index is read without `_lock` (lookups go on);
+        deciding and removing happen under it, so a body pinned or opened under it is never taken away."""
+        if not self._evicting.acquire(blocking=False):
+            return  # another commit's eviction is already making room
+        try:
+            entries: list[tuple[float, str, str]] = []
+            references: Counter[str] = Counter()
+            for key in list(self._index.iterkeys()):
+                raw = self._index.get(key)
+                if raw is None:
                     continue
-                self._bytes -= size
+                entries.append((raw.get("accessed_at", raw["stored_at"]), key, raw["digest"]))
+                references[raw["digest"]] += 1
+            entries.sort()
+            goal = self.max_bytes * EVICT_TO
+            with self._lock:
+                now = self._clock()
+                for _, key, digest in entries:
+                    if self._bytes <= goal:
+                        break
+                    if self._pinned.get(digest, 0.0) > now:
+                        continue  # being served right now: a client must never find its body gone
+                    self._index.delete(key)
+                    self.evictions += 1
+                    references[digest] -= 1
+                    if references[digest] == 0:
+                        self._bytes -= _unlink_size(self.blob_path(digest)) or 0
+        finally:
+            self._evicting.release()
 
     def verify(self) -> VerifyReport:
         """Re-hash every blob. Corrupt blobs are removed with the entries that point at them, entries whose
@@ -513,18 +557,24 @@ class Store:
             for entry, _ in self.entries():
                 doomed.discard(entry.digest)
         blobs, freed = 0, 0
-        for digest in doomed:
-            path = self.blob_path(digest)
-            try:
-                size = path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            blobs += 1
-            freed += size
         with self._lock:
+            for digest in doomed:
+                size = _unlink_size(self.blob_path(digest))
+                if size is not None:
+                    blobs += 1
+                    freed += size
             self._bytes -= freed
         return removed, blobs, freed
+
+
+def _unlink_size(path: Path) -> int | None:
+    """Remove a blob: the bytes it freed, or None if it was already gone."""
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return size
 
 
 def _sha256_of(path: Path) -> str:

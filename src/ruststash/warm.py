@@ -440,6 +440,8 @@ class Warmer:
             return Reply(400, (), b"", Outcome.ERROR, f"https://{host}{path} is not something ruststash caches")
         async with self._slots:
             reply = await self.service.handle(decision, request)
+            if reply.file is not None:
+                reply.file.close()  # nothing is sent: the reply's digest is all warm needs
             if reply.fill is not None:
                 fill = reply.fill
                 while not fill.finished:
@@ -559,7 +561,7 @@ def _stored_digest(reply: Reply) -> str | None:
     if reply.fill is not None and reply.fill.entry is not None:
         return reply.fill.entry.digest
     if reply.file is not None:
-        return reply.file.name
+        return reply.file.digest
     return None
 
 
