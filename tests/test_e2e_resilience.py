@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -130,6 +131,48 @@ def test_warm_cargo_succeeds_from_cache_whatever_upstream_does(
     downloads = [r for r in records if r["path"].startswith("/crates/")]
     assert revalidated and {r["outcome"] for r in revalidated} == {"STALE"}, revalidated
     assert downloads and {r["outcome"] for r in downloads} == {"HIT"}
+
+
+def test_a_hung_upstream_is_waited_for_once_then_the_cache_answers_at_once(
+    tmp_path: Path,
+    start_proxy: ProxyFactory,
+    faulty_crates: FakeCratesIo,
+    warm_crates_cache: Path,
+    origin_tls: OriginTLS,
+) -> None:
+    """Once a revalidation has run past --stale-after, its host is known slow: the rest of cargo's index
+    walk is served from the cache without waiting, and no further request goes to the hung host while the
+    first one hangs (hung refreshes would otherwise take every pooled connection). Once the host answers
+    again, revalidation resumes."""
+    args = [*upstream_args(faulty_crates, origin_tls), "--stale-after", "1", "--breaker-threshold", "1000"]
+    proxy = start_proxy(args, cache_dir=copy_cache(warm_crates_cache, tmp_path))
+    box, project = cargo_user(tmp_path, proxy, faulty_crates.registry)
+    faulty_crates.set_fault("/", "hang")
+    box.run(["generate-lockfile"], project)
+    revalidated = [r for r in proxy.access() if not r["path"].startswith("/crates/")]
+    assert revalidated and {r["outcome"] for r in revalidated} == {"STALE"}, revalidated
+    waited = [r for r in revalidated if "no answer from upstream within" in r["note"]]
+    at_once = [r for r in revalidated if "upstream is slow" in r["note"]]
+    assert waited and at_once and len(waited) + len(at_once) == len(revalidated), revalidated
+    assert len(waited) < len(revalidated) / 2, f"most requests waited for the hung host: {revalidated}"
+    assert stats(proxy)["slow_hosts"] == ["index.crates.io"]
+
+    lift_fault(faulty_crates)  # the hung requests end (unanswered), and are recorded as they end
+    deadline = time.monotonic() + 10
+    while len(hung := [r for r in faulty_crates.records() if r.fault == "hang"]) < len(waited):
+        assert time.monotonic() < deadline, f"the origin never saw the requests that waited: {hung}"
+        time.sleep(0.1)
+    time.sleep(0.5)  # any other request that reached the hung origin ends by now too
+    hung = [r for r in faulty_crates.records() if r.fault == "hang"]
+    assert len(hung) == len(waited), f"requests that did not wait still went to the hung origin: {hung}"
+    (project / "Cargo.lock").unlink()
+    box.run(["generate-lockfile"], project)  # served at once again; its first request probes the host
+    wait_until_not_slow(proxy)
+    seen = len(proxy.access())
+    (project / "Cargo.lock").unlink()
+    box.run(["generate-lockfile"], project)
+    outcomes = {r["outcome"] for r in proxy.access()[seen:]}
+    assert "STALE" not in outcomes and "MISS" in outcomes, outcomes
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -392,14 +435,22 @@ def breaker_states(proxy: ProxyProcess, origin: FakeCratesIo) -> dict[str, objec
 
 def wait_until_half_open(proxy: ProxyProcess, origin: FakeCratesIo, limit: float = 30.0) -> None:
     """Poll /api/stats (bounded) until every origin's backoff has run out."""
-    import time
-
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if set(breaker_states(proxy, origin).values()) <= {"half_open", "closed"}:
             return
         time.sleep(0.2)
     raise AssertionError("the breaker never reached half-open")
+
+
+def wait_until_not_slow(proxy: ProxyProcess, limit: float = 30.0) -> None:
+    """Poll /api/stats (bounded) until no host is marked slow."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if not stats(proxy)["slow_hosts"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError("a host stayed marked slow after its upstream answered again")
 
 
 def test_a_slow_but_flowing_body_is_not_cut_off_by_the_miss_timeout(

@@ -63,7 +63,8 @@ class Admin:
         return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def stats(self, _: web.Request) -> web.Response:
-        """Counters since start, the store's figures and each upstream origin's breaker state (JSON)."""
+        """Counters since start, the store's figures, each upstream origin's breaker state and the hosts
+        currently known slow (JSON)."""
         figures = await asyncio.to_thread(self.store_figures)
         body = {
             **self.metrics.snapshot(),
@@ -76,6 +77,7 @@ class Admin:
                 "disk_full": figures.disk_full,
             },
             "upstreams": self.service.upstream.breaker_states(),
+            "slow_hosts": list(self.service.slow_hosts.hosts()),
         }
         return web.json_response(body)
 

@@ -37,6 +37,7 @@ from .replies import (
     selected,
 )
 from .settings import CacheHost, Resilience
+from .slow_hosts import SlowHosts
 from .store import Entry, Store
 from .upstream import CREDENTIAL_HEADERS, FORWARDED_REQUEST_HEADERS, Upstream, UpstreamResponse
 
@@ -63,6 +64,14 @@ def _body_problem(kind: Kind, body: bytes) -> str | None:
             return sparse_index.config_problem(body)
         case _:
             return None
+
+
+def _answered(fetch: asyncio.Future[Any]) -> bool:
+    """Whether a finished fetch heard back from upstream (a 304, a body, a 404: anything but a failure)."""
+    if fetch.cancelled() or fetch.exception() is not None:
+        return False
+    fetched = fetch.result()
+    return isinstance(fetched, Fetched) and fetched.error is None
 
 
 def credential_scope(headers: dict[str, str]) -> str:
@@ -98,6 +107,7 @@ class CacheService:
         self._registries: dict[tuple[str, str], Registry] = {("index.crates.io", ""): policy.CRATES_IO}
         self._learned_configs: set[str] = set()
         self._inflight: Inflight[Fetched] = Inflight()
+        self.slow_hosts = SlowHosts(_answered)
         self.rust = RustDist(self, clock)
 
     @property
@@ -148,11 +158,21 @@ class CacheService:
         start: Callable[[], Coroutine[Any, Any, Fetched]],
     ) -> Fetched | None:
         """Join or start the fetch for `decision.key` and wait for it within the deadline that applies.
-        None means the deadline passed (the fetch goes on in the background).
+        None means the deadline passed (the fetch goes on in the background). With a copy stored and the
+        host known slow (see SlowHosts), an error at once: the caller serves the copy.
 
         With a stored copy the whole fetch must finish within `stale_after`. Without one, upstream must
         start answering within `miss_timeout`; after that the body may take as long as it keeps coming
         (a stalled body fails after `read_timeout`), so a large crate on a slow link is not cut off."""
+        if have_copy and self.slow_hosts.is_slow(request.host):
+            # Known slow: the copy is served at once; one refresh at a time checks whether the host is back.
+            if self.slow_hosts.needs_probe(request.host):
+                task, _, _ = self._inflight.join_or_start(decision.key, start)
+                self.slow_hosts.watch(request.host, task)
+                self.metrics.background_refresh(decision.kind.value)
+            waited = self.resilience.stale_after
+            reason = f"{request.host}: upstream is slow (a request ran past {waited:g}s); not waiting for it"
+            return Fetched(error=UpstreamError(reason, 504, "slow"))
         task, answered, joined = self._inflight.join_or_start(decision.key, start)
         if joined:
             self.metrics.coalesced_request(decision.kind.value)
@@ -161,6 +181,7 @@ class CacheService:
                 return await asyncio.wait_for(asyncio.shield(task), self.resilience.stale_after)
             except TimeoutError:
                 self.metrics.background_refresh(decision.kind.value)
+                self.slow_hosts.watch(request.host, task)
                 return None
         waiter = asyncio.ensure_future(answered.wait())
         try:
