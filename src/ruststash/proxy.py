@@ -18,7 +18,7 @@ from mitmproxy.master import Master
 from mitmproxy.utils import asyncio_utils
 from prometheus_client import CollectorRegistry
 
-from . import __version__, ca, http1_limits
+from . import __version__, ca, http1_limits, mitm_tuning
 from .addon import RuststashAddon
 from .admin import Admin, start_admin
 from .blobserver import BlobServer
@@ -121,6 +121,7 @@ async def serve(settings: Settings) -> None:
     check_port_free(settings.admin_listen, "--admin-listen")
 
     http1_limits.install()
+    mitm_tuning.install()
     prometheus_client.disable_created_metrics()  # `_created` series only clutter the dashboards
     known = UpstreamMap(settings.upstreams).known_origins(h.host for h in settings.cache_hosts)
     metrics = Metrics(CollectorRegistry(), upstreams=known)

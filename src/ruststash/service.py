@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from . import policy, sparse_index
@@ -238,6 +239,10 @@ class CacheService:
         if response.status == 304 and entry is not None:
             merged = _merge_validators(entry.headers, response)
             lifetime = self.lifetime(decision, dict(merged).get("cache-control"))
+            if lifetime <= 0 and entry.lifetime == lifetime and dict(merged) == dict(entry.headers):
+                # Nothing to record: a copy that is never fresh gains nothing from a new stored time, and
+                # this spares a database write on every revalidation (index files at max-age=0).
+                return Fetched(replace(entry, stored_at=now), Outcome.REVALIDATED)
             refreshed = await asyncio.to_thread(self.store.refresh, entry, now, merged, lifetime)
             return Fetched(refreshed, Outcome.REVALIDATED)
         headers_kept = selected(response.headers, STORED_HEADERS)
