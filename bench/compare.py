@@ -7,7 +7,7 @@ minutes).
 Workloads (each with its own local origins on 127.0.0.1, tests/origins/):
 
 - cargo / ripgrep: a fake crates.io whose registry has the names, versions and dependency graph of
-  /work/shared/workloads/<name>.Cargo.lock (523 / 52 packages, real ``.crate`` files of realistic sizes, 54 /
+  ../shared/workloads/<name>.Cargo.lock (523 / 52 packages, real ``.crate`` files of realistic sizes, 54 /
   6 MB). One client run is ``cargo generate-lockfile`` then ``cargo fetch`` in a fresh HOME and CARGO_HOME.
   Index files say ``max-age=0`` (validators honoured), so every warm index request is a revalidation.
 - rustup: a fake static.rust-lang.org with one release, 1.95.0 of 2026-04-16, whose host archives carry
@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from bench.common import KIB, MIB, WORKLOADS_DIR, machine_line, size_text
 from bench.memory import DEFAULT_OUTPUT, append_report, machine_description, proc_status_kib
 from bench.slow_upstream import read_access
 from bench.squid import Peer, SquidCA, SquidProcess, copy_cache, squid_available, squid_version
@@ -61,10 +62,7 @@ from tests.origins.rustlang import FakeRustDist, PublishedRelease
 from tests.origins.rustup_client import make_rustup_client
 from tests.origins.tls import OriginTLS, make_origin_tls
 
-WORKLOADS_DIR = Path("/work/shared/workloads")
 REGISTRY_CACHE = Path(tempfile.gettempdir()) / "ruststash-bench-registries"
-KIB = 1024
-MIB = 1024 * 1024
 MAX_RUNS = 20
 SETTLE_TIMEOUT = 5.0
 RUST_VERSION, RUST_DATE = "1.95.0", "2026-04-16"
@@ -638,14 +636,6 @@ class Bench:
 # Report
 
 
-def size_text(n: float) -> str:
-    if n >= MIB:
-        return f"{n / MIB:.1f} MiB"
-    if n >= KIB:
-        return f"{n / KIB:.0f} KiB"
-    return f"{n:.0f} B"
-
-
 def mix_text(runs: list[Run]) -> str:
     if not runs:
         return "—"
@@ -817,17 +807,13 @@ def render(
     runs: int,
     extra_notes: list[str],
 ) -> str:
-    machine_line = (
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram']} RAM, Linux {machine['kernel']}; "
-        f"Python {machine['python']}, mitmproxy {machine['mitmproxy']}, aiohttp {machine['aiohttp']}, "
-        f"ruststash {machine['ruststash']}; Squid {squid_version()}."
-    )
+    machine_text = machine_line(machine, f"Squid {squid_version()}")
     lines = [
         f"### Comparison: direct, ruststash, Squid ({runs} runs per scenario), {when}"
         + (f" ({label})" if label else ""),
         "",
     ]
-    lines += [machine_line, ""]
+    lines += [machine_text, ""]
     lines += [f"- {w.name}: {w.description}" for w in workloads]
     throttles = ", ".join(
         f"{w.name} +{w.delay * 1000:.0f} ms/response, {w.rate / KIB:.0f} KiB/s link" for w in workloads

@@ -45,13 +45,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.common import MIB, machine_line
 from tests.harness import ProxyProcess
 from tests.origins.rustlang import FakeRustDist
 from tests.origins.tls import OriginTLS, make_origin_tls
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
-MIB = 1024 * 1024
 HOST = "static.rust-lang.org"
 MANIFEST_SHA256 = "/dist/channel-rust-stable.toml.sha256"
 READ_BUFFER = MIB
@@ -530,9 +530,7 @@ def render(rows: list[Row], machine: dict[str, str], size: int, target_mib: floa
     lines = [
         f"### Memory: {size / MIB:.0f} MiB archive, {when}" + (f" ({label})" if label else ""),
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram']} RAM, Linux {machine['kernel']}; "
-        f"Python {machine['python']}, mitmproxy {machine['mitmproxy']}, aiohttp {machine['aiohttp']}, "
-        f"ruststash {machine['ruststash']}.",
+        machine_line(machine),
         "",
         "| scenario | clients | wall s | MiB/s (all clients) | proxy RSS before MiB | proxy peak RSS MiB "
         "| max sampled RSS MiB | proxy CPU s | from upstream | worst /healthz ms (p99) | bytes correct "

@@ -3,7 +3,7 @@
 Run from the repository root: ``python -m bench.slow_upstream [--workload ripgrep|cargo] [--runs 5]``.
 
 A fake crates.io (tests/origins/crates_io.py) serves a registry of real ``.crate`` files built from a Cargo.lock
-in /work/shared/workloads (ripgrep: 52 crates; cargo: 523). Each run is ``cargo generate-lockfile`` then
+in ../shared/workloads (ripgrep: 52 crates; cargo: 523). Each run is ``cargo generate-lockfile`` then
 ``cargo fetch`` of a consumer of the registry's top crates, in a fresh HOME and CARGO_HOME (tests/origins/clients),
 timed together. Scenarios, each ``--runs`` times (median reported):
 
@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.common import KIB, WORKLOADS_DIR, machine_line, size_text
 from bench.memory import DEFAULT_OUTPUT, append_report, cpu_seconds, machine_description
 from tests.harness import ProxyProcess, proxy_client_env
 from tests.origins.clients import CargoSandbox, source_replacement_toml, write_consumer
@@ -51,9 +52,6 @@ from tests.origins.crates_io import DIRECT_DL, FakeCratesIo, RequestRecord
 from tests.origins.registry import Registry, build_registry, index_path, spec_from_lockfile
 from tests.origins.tls import OriginTLS, make_origin_tls
 
-WORKLOADS_DIR = Path("/work/shared/workloads")
-KIB = 1024
-MIB = 1024 * 1024
 # Default link rate per workload (KiB/s), chosen so a cold throttled run stays well inside the proxy's
 # --miss-timeout (30 s for a whole crate) and cargo's 30 s low-speed timeout: ripgrep's 6 MB take ~25 s.
 WORKLOADS = {"ripgrep": 256, "cargo": 4096}
@@ -381,14 +379,6 @@ class Bench:
 # Report
 
 
-def size_text(n: float) -> str:
-    if n >= MIB:
-        return f"{n / MIB:.1f} MiB"
-    if n >= KIB:
-        return f"{n / KIB:.0f} KiB"
-    return f"{n:.0f} B"
-
-
 OUTCOME_ORDER = ("HIT", "REVALIDATED", "STALE", "MISS", "PASS", "ERROR")
 
 
@@ -420,9 +410,7 @@ def render(rows: list[Row], bench: Bench, machine: dict[str, str], when: str, la
         f"### Slow upstream: {s.workload} workload ({crates} crates, {size_text(total)}), {when}"
         + (f" ({label})" if label else ""),
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram']} RAM, Linux {machine['kernel']}; "
-        f"Python {machine['python']}, mitmproxy {machine['mitmproxy']}, aiohttp {machine['aiohttp']}, "
-        f"ruststash {machine['ruststash']}.",
+        machine_line(machine),
         "",
         f"Each run: `cargo generate-lockfile` + `cargo fetch` in a fresh CARGO_HOME, {s.runs} runs per scenario, "
         f"medians. Throttled: every upstream response waits {s.delay * 1000:.0f} ms before its headers, bodies "
