@@ -221,7 +221,10 @@ class CacheService:
         if fetched.reply is not None:
             return fetched.reply
         assert fetched.entry is not None
-        return await self.answer(fetched.entry, request, fetched.outcome, body=fetched.body)
+        known = fetched.body
+        if known is None and entry is not None and fetched.entry.digest == entry.digest:
+            known = body  # a 304: the body read with the lookup is still the one
+        return await self.answer(fetched.entry, request, fetched.outcome, body=known)
 
     async def _refetch(self, decision: Decision, request: ClientRequest, entry: Entry | None) -> Fetched:
         """One conditional fetch and what it does to the store. Runs as a shared task; never raises."""
