@@ -101,6 +101,27 @@ _RESILIENCE_HELP = {
 }
 
 
+def upstream_options[C: Callable[..., object]](command: C) -> C:
+    """`--upstream` and `--upstream-ca`, for every command that fetches from upstream (serve, warm)."""
+    command = click.option(
+        "--upstream-ca",
+        envvar="RUSTSTASH_UPSTREAM_CA",
+        show_envvar=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Also trust this CA (PEM) for upstream TLS, on top of the system roots.",
+    )(command)
+    return click.option(
+        "--upstream",
+        "upstreams",
+        multiple=True,
+        envvar="RUSTSTASH_UPSTREAM",
+        show_envvar=True,
+        metavar="HOST=URL[,URL...]",
+        help="Fetch what is asked of HOST from these origins instead, keeping the path (a URL's path is put "
+        "in front). Repeatable; the environment variable takes a space-separated list.",
+    )(command)
+
+
 def _resilience_options[F: Callable[..., object]](command: F) -> F:
     defaults = Resilience()
     for name, text in reversed(_RESILIENCE_HELP.items()):
@@ -135,23 +156,7 @@ def _resilience_options[F: Callable[..., object]](command: F) -> F:
     help="Intercept and cache this host too (repeatable; the environment variable takes a space-separated "
     "list). Always cached: index.crates.io, static.crates.io, crates.io, static.rust-lang.org.",
 )
-@click.option(
-    "--upstream",
-    "upstreams",
-    multiple=True,
-    envvar="RUSTSTASH_UPSTREAM",
-    show_envvar=True,
-    metavar="HOST=URL[,URL...]",
-    help="Fetch what clients ask of HOST from these origins instead, keeping the path (a URL's path is put "
-    "in front). Repeatable; the environment variable takes a space-separated list.",
-)
-@click.option(
-    "--upstream-ca",
-    envvar="RUSTSTASH_UPSTREAM_CA",
-    show_envvar=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also trust this CA (PEM) for upstream TLS, on top of the system roots.",
-)
+@upstream_options
 @click.option(
     "--allow-remote",
     is_flag=True,

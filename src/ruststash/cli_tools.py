@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli import CONTEXT, _clear_errors, cache_dir_option, data_dir_option, main
+from .cli import CONTEXT, _clear_errors, cache_dir_option, data_dir_option, main, upstream_options
 from .errors import ConfigError
 from .settings import DEFAULT_ADMIN_LISTEN, build_cache_hosts, build_upstreams
 
@@ -109,22 +109,7 @@ def _targets(targets: tuple[str, ...]) -> tuple[str, ...]:
 @_selector_options
 @cache_dir_option("The store to fill (a proxy may be serving from it).")
 @data_dir_option
-@click.option(
-    "--upstream",
-    "upstreams",
-    multiple=True,
-    envvar="RUSTSTASH_UPSTREAM",
-    show_envvar=True,
-    metavar="HOST=URL[,URL...]",
-    help="Fetch what is asked of HOST from these origins instead, as `serve --upstream` does. Repeatable.",
-)
-@click.option(
-    "--upstream-ca",
-    envvar="RUSTSTASH_UPSTREAM_CA",
-    show_envvar=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also trust this CA (PEM) for upstream TLS, on top of the system roots.",
-)
+@upstream_options
 @click.option(
     "--jobs",
     "-j",
