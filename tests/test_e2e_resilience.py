@@ -24,6 +24,7 @@ from tests.conftest import ProxyFactory
 from tests.harness import ProxyProcess
 from tests.origins.clients import CargoSandbox, write_consumer
 from tests.origins.crates_io import FakeCratesIo
+from tests.origins.faults import FAULT_MODES
 from tests.origins.registry import Registry
 from tests.origins.rustlang import FakeRustDist, PublishedRelease
 from tests.origins.tls import OriginTLS
@@ -32,18 +33,8 @@ from tests.test_e2e_rustup import MANIFEST, client, proxied_get
 
 pytestmark = pytest.mark.e2e
 
-MODES = [
-    "stopped",
-    "refuse",
-    "reset",
-    "hang",
-    "slow_headers",
-    "trickle",
-    "truncate",
-    "status_500",
-    "status_503",
-    "corrupt",
-]
+# Every fault the origins can play, and a stopped origin (throttle is the benchmarks': it fails nothing).
+MODES = ["stopped", *(mode for mode in FAULT_MODES if mode != "throttle")]
 # Short deadlines keep the suite quick; a breaker that never opens lets every fault reach upstream.
 FAST = ["--stale-after", "1", "--miss-timeout", "3", "--read-timeout", "3", "--breaker-threshold", "1000"]
 

@@ -18,44 +18,36 @@ import asyncio
 import email.utils
 import hashlib
 import json
-import socket
-import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from .faults import (
+    DEFAULT_THROTTLE_RATE,
+    FAULT_MODES,
+    Fault,
+    FaultMode,
+    Handler,
+    Link,
+    NoResponse,
+    answer_before_body,
+    close_connection,
+)
 from .registry import PublishedCrate, Registry, index_path
 from .server import BackgroundServer
 from .tls import OriginTLS
 
 Site = Literal["index", "static"]
-FaultMode = Literal[
-    "refuse",
-    "hang",
-    "slow_headers",
-    "trickle",
-    "truncate",
-    "reset",
-    "status_500",
-    "status_503",
-    "corrupt",
-    "throttle",
-]
-FAULT_MODES: tuple[str, ...] = get_args(FaultMode)
 
 # A `dl` for proxy-less use: downloads go straight to this origin's static listener.
 DIRECT_DL = "{static_url}/crates"
 DEFAULT_CONFIG = {"dl": "https://static.crates.io/crates", "api": "https://crates.io"}
 INDEX_CACHE_CONTROL = "public,max-age=600"
-DEFAULT_THROTTLE_RATE = 256 * 1024  # bytes per second
 CRATE_CACHE_CONTROL = "public,max-age=31536000,immutable"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -70,54 +62,6 @@ class RequestRecord:
     if_modified_since: str | None
     fault: FaultMode | None
     time: float
-
-
-@dataclass
-class Fault:
-    """A fault on requests whose path starts with a prefix.
-
-    - refuse: close the connection (clean FIN) without a response; (to refuse connections use `stop()`)
-    - reset: abort the connection with a TCP RST, no response
-    - hang: never answer (until `clear_faults`/`restore`, or `hang_max` seconds, then close)
-    - slow_headers: wait `delay` seconds, then answer normally
-    - trickle: answer normally but send the body `chunk` bytes every `delay` seconds
-    - truncate: send the headers (full Content-Length) and half the body, then close
-    - status_500 / status_503: answer with that status
-    - corrupt: answer normally with the body's bytes changed (same length)
-    - throttle: a slow link. Wait `delay` seconds before answering (every response, 404 and 304 too), then
-      send a 200's body in `chunk`-byte pieces at no more than `rate` bytes per second. The rate is that of
-      one `Link` shared by every response the fault hits (both sites when set for both), so concurrent
-      responses divide it between them as on one narrow connection. TLS handshakes are not delayed.
-
-    `remaining` limits how many requests it hits (None: until cleared).
-    """
-
-    mode: FaultMode
-    delay: float = 2.0
-    chunk: int = 1024
-    remaining: int | None = None
-    hang_max: float = 300.0
-    rate: float = DEFAULT_THROTTLE_RATE
-    link: Link | None = None
-
-
-class Link:
-    """A bandwidth cap shared by the responses of one throttle fault, across threads (each site has its own
-    event loop). `reserve(n)` books the next `n` bytes of the link's time and says how long to wait until
-    they have "arrived"; bookings are first come, first served."""
-
-    def __init__(self, rate: float) -> None:
-        if rate <= 0:
-            raise ValueError(f"rate must be positive, not {rate!r}")
-        self.rate = rate
-        self._free_at = 0.0
-        self._lock = threading.Lock()
-
-    def reserve(self, size: int) -> float:
-        with self._lock:
-            now = time.monotonic()
-            self._free_at = max(now, self._free_at) + size / self.rate
-            return self._free_at - now
 
 
 def corrupted(data: bytes) -> bytes:
@@ -419,9 +363,9 @@ class FakeCratesIo:
             except web.HTTPException as exc:
                 self._record(site, request, exc.status, fault)
                 raise
-            except _NoResponse as drop:
+            except NoResponse as drop:
                 self._record(site, request, None, fault)  # before the client can see the connection go
-                _close(request, rst=drop.rst)
+                close_connection(request, rst=drop.rst)
                 raise asyncio.CancelledError() from None
             self._record(site, request, response.status, fault)
             return response
@@ -429,19 +373,11 @@ class FakeCratesIo:
         return middleware
 
     async def _apply_fault(self, fault: Fault, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if fault.mode in ("status_500", "status_503"):
-            return web.Response(status=int(fault.mode[-3:]), text="fault injected\n")
-        if fault.mode in ("refuse", "reset"):
-            raise _NoResponse(rst=fault.mode == "reset")
-        if fault.mode == "hang":
-            release, deadline = self._hang_release, time.monotonic() + fault.hang_max
-            while not release.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110 (threading.Event)
-                await asyncio.sleep(0.05)
-            raise _NoResponse()
-        if fault.mode in ("slow_headers", "throttle"):
-            await asyncio.sleep(fault.delay)
-            if fault.mode == "slow_headers":
-                return await handler(request)
+        """See tests/origins/faults.py; throttle delays every response (404 and 304 too), and only a 200's
+        body is trickled, truncated, corrupted or throttled."""
+        answer = await answer_before_body(fault, request, handler, self._hang_release)
+        if answer is not None:
+            return answer
         response = await handler(request)
         if not isinstance(response, web.Response) or response.body is None or response.status != 200:
             return response
@@ -454,7 +390,7 @@ class FakeCratesIo:
         await stream.prepare(request)
         if fault.mode == "truncate":
             await stream.write(body[: len(body) // 2])
-            raise _NoResponse()
+            raise NoResponse()
         if fault.mode == "throttle":
             await _throttled(stream, body, fault.chunk, fault.link or Link(fault.rate))
             return stream
@@ -475,25 +411,4 @@ async def _throttled(stream: web.StreamResponse, body: bytes, chunk: int, link: 
             await stream.write(piece)
         await stream.write_eof()
     except ConnectionError:  # the client went away mid-body: record it as unanswered
-        raise _NoResponse() from None
-
-
-class _NoResponse(Exception):
-    """The fault drops the connection (with a TCP RST if `rst`): there is no response to return."""
-
-    def __init__(self, rst: bool = False) -> None:
-        super().__init__()
-        self.rst = rst
-
-
-def _close(request: web.Request, *, rst: bool) -> None:
-    transport = request.transport
-    if transport is None:
-        return
-    if rst:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    else:
-        transport.close()
+        raise NoResponse() from None

@@ -18,18 +18,25 @@ import hashlib
 import os
 import re
 import shutil
-import socket
-import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, get_args
 
 from aiohttp import web
 
-from tests.origins.crates_io import DEFAULT_THROTTLE_RATE, Link
+from tests.origins.faults import (
+    DEFAULT_THROTTLE_RATE,
+    FAULT_MODES,
+    Fault,
+    FaultMode,
+    Handler,
+    Link,
+    NoResponse,
+    answer_before_body,
+    close_connection,
+)
 from tests.origins.installer import (
     COMPONENTS,
     HOST_TRIPLE,
@@ -51,7 +58,6 @@ LONG_CACHE = "public, max-age=31536000, immutable"
 _DATED = re.compile(r"^/dist/\d{4}-\d{2}-\d{2}/|^/rustup/archive/")
 _CONTENT_TYPES = {".xz": "application/x-xz", ".gz": "application/gzip", ".toml": "text/plain; charset=utf-8"}
 _TEXT_SUFFIXES = (".sha256", ".asc", ".txt")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The packages a release carries, in manifest order, and which are extensions of the `rust` package.
 _RUST_COMPONENTS = ("rustc", "rust-std", "cargo", "rust-docs")
@@ -71,21 +77,6 @@ _PROFILES = {
         "rust-src",
     ],
 }
-
-# The same fault vocabulary as tests/origins/crates_io.py.
-FaultMode = Literal[
-    "refuse",
-    "reset",
-    "hang",
-    "slow_headers",
-    "trickle",
-    "truncate",
-    "status_500",
-    "status_503",
-    "corrupt",
-    "throttle",
-]
-FAULT_MODES: tuple[str, ...] = get_args(FaultMode)
 
 
 def cache_control_for(path: str) -> str:
@@ -230,45 +221,7 @@ class RequestRecord:
         return self.headers.get("If-Modified-Since")
 
 
-@dataclass
-class Fault:
-    """A fault on requests whose path starts with a prefix (as in tests/origins/crates_io.py).
-
-    - refuse: close the connection (clean FIN) without a response (to refuse connections use `stop()`)
-    - reset: abort the connection with a TCP RST, no response
-    - hang: never answer (until `clear_faults`/`restore`, or ``hang_max`` seconds, then close)
-    - slow_headers: wait ``delay`` seconds, then answer normally
-    - trickle: answer normally but send the body ``chunk`` bytes every ``delay`` seconds
-    - truncate: send the headers (full Content-Length) and half the body, then close
-    - status_500 / status_503: answer with that status
-    - corrupt: answer normally with the body's bytes changed (same length)
-    - throttle: a slow link. Wait ``delay`` seconds before answering, then send the file (a single Range
-      honoured, validators ignored as for trickle) in ``chunk``-byte pieces at no more than ``rate`` bytes per
-      second. The rate belongs to one `Link` shared by every response of the fault, so concurrent downloads
-      divide it between them. TLS handshakes are not delayed.
-
-    Faults on paths without a file behave like refuse/reset/hang/slow_headers/status or answer 404.
-    ``remaining`` limits how many requests it hits (None: until cleared).
-    """
-
-    mode: FaultMode
-    delay: float = 2.0
-    chunk: int = 1024
-    remaining: int | None = None
-    hang_max: float = 300.0
-    rate: float = DEFAULT_THROTTLE_RATE
-    link: Link | None = None
-
-
 _RECORD = web.RequestKey("ruststash_record", RequestRecord)
-
-
-class _NoResponse(Exception):
-    """The fault drops the connection (with a TCP RST if ``rst``): there is no response to return."""
-
-    def __init__(self, rst: bool = False) -> None:
-        super().__init__()
-        self.rst = rst
 
 
 class FakeRustDist:
@@ -557,8 +510,8 @@ class FakeRustDist:
         record.fault = fault.mode
         try:
             return await self._apply_fault(fault, request, handler)
-        except _NoResponse as drop:
-            _close(request, rst=drop.rst)
+        except NoResponse as drop:
+            close_connection(request, rst=drop.rst)
             raise asyncio.CancelledError() from None
 
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -585,19 +538,10 @@ class FakeRustDist:
         return web.FileResponse(file, chunk_size=256 * 1024, headers=headers)
 
     async def _apply_fault(self, fault: Fault, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if fault.mode in ("status_500", "status_503"):
-            return web.Response(status=int(fault.mode[-3:]), text="fault injected\n")
-        if fault.mode in ("refuse", "reset"):
-            raise _NoResponse(rst=fault.mode == "reset")
-        if fault.mode == "hang":
-            release, deadline = self._hang_release, time.monotonic() + fault.hang_max
-            while not release.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110 (threading.Event)
-                await asyncio.sleep(0.05)
-            raise _NoResponse()
-        if fault.mode in ("slow_headers", "throttle"):
-            await asyncio.sleep(fault.delay)
-            if fault.mode == "slow_headers":
-                return await handler(request)
+        """See tests/origins/faults.py; a path without a file gets what acts before the body, or a 404."""
+        answer = await answer_before_body(fault, request, handler, self._hang_release)
+        if answer is not None:
+            return answer
         file = self._resolve(request.path)
         if file is None:
             return await handler(request)  # 404
@@ -637,7 +581,7 @@ class FakeRustDist:
         except ConnectionError:  # the client went away mid-body
             raise asyncio.CancelledError() from None
         if fault.mode == "truncate":
-            raise _NoResponse()
+            raise NoResponse()
         await response.write_eof()
         return response
 
@@ -671,21 +615,6 @@ def _read_chunks(file: Path, start: int, length: int, chunk_size: int) -> Iterat
                 return
             length -= len(chunk)
             yield chunk
-
-
-def _close(request: web.Request, *, rst: bool) -> None:
-    """Drop the client's connection: with a TCP RST (SO_LINGER 0) if ``rst``, else a clean close."""
-    transport = request.transport
-    if transport is None:
-        return
-    if not rst:
-        transport.close()
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 __all__ = [
