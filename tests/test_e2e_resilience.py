@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ruststash.slow_hosts import PROBES
 from tests.conftest import ProxyFactory
 from tests.harness import ProxyProcess
 from tests.origins.clients import CargoSandbox, write_consumer
@@ -132,9 +133,9 @@ def test_a_hung_upstream_is_waited_for_once_then_the_cache_answers_at_once(
     origin_tls: OriginTLS,
 ) -> None:
     """Once a revalidation has run past --stale-after, its host is known slow: the rest of cargo's index
-    walk is served from the cache without waiting, and no further request goes to the hung host while the
-    first one hangs (hung refreshes would otherwise take every pooled connection). Once the host answers
-    again, revalidation resumes."""
+    walk is served from the cache without waiting, and only a few refreshes at a time go to the hung host
+    (hung refreshes would otherwise take every pooled connection). Once the host answers in time again,
+    revalidation resumes."""
     args = [*upstream_args(faulty_crates, origin_tls), "--stale-after", "1", "--breaker-threshold", "1000"]
     proxy = start_proxy(args, cache_dir=copy_cache(warm_crates_cache, tmp_path))
     box, project = cargo_user(tmp_path, proxy, faulty_crates.registry)
@@ -155,7 +156,7 @@ def test_a_hung_upstream_is_waited_for_once_then_the_cache_answers_at_once(
         time.sleep(0.1)
     time.sleep(0.5)  # any other request that reached the hung origin ends by now too
     hung = [r for r in faulty_crates.records() if r.fault == "hang"]
-    assert len(hung) == len(waited), f"requests that did not wait still went to the hung origin: {hung}"
+    assert len(hung) <= max(len(waited), PROBES), f"more refreshes went to the hung origin than allowed: {hung}"
     (project / "Cargo.lock").unlink()
     box.run(["generate-lockfile"], project)  # served at once again; its first request probes the host
     wait_until_not_slow(proxy)

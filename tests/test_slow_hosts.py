@@ -2,11 +2,21 @@ from __future__ import annotations
 
 import asyncio
 
-from ruststash.slow_hosts import SlowHosts
+from ruststash.slow_hosts import PROBES, SlowHosts
+
+DEADLINE = 3.0
 
 
 def answered(fetch: asyncio.Future[object]) -> bool:
     return not fetch.cancelled() and fetch.exception() is None and fetch.result() == "answer"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def settle(fetch: asyncio.Future[object], result: object) -> None:
@@ -14,43 +24,36 @@ async def settle(fetch: asyncio.Future[object], result: object) -> None:
     await asyncio.sleep(0)  # done callbacks run on the next turn of the loop
 
 
-async def test_a_host_is_slow_until_a_fetch_to_it_is_answered() -> None:
-    loop = asyncio.get_running_loop()
-    hosts = SlowHosts(answered)
+async def test_a_host_is_slow_until_a_fetch_to_it_answers_in_time() -> None:
+    loop, clock = asyncio.get_running_loop(), Clock()
+    hosts = SlowHosts(answered, DEADLINE, clock)
     assert not hosts.is_slow("a") and not hosts.needs_probe("a")
-    first, second = loop.create_future(), loop.create_future()
-    hosts.watch("a", first)
-    hosts.watch("a", second)  # two requests ran past their deadline
-    assert hosts.is_slow("a") and not hosts.needs_probe("a"), "a fetch is still out: no probe needed"
-    assert hosts.hosts() == ("a",) and not hosts.is_slow("b")
-    await settle(first, "answer")  # any watched fetch that is answered shows the host is back
-    assert not hosts.is_slow("a")
-    await settle(second, "failure")  # a late failure does not mark it slow again
+    late, probe = loop.create_future(), loop.create_future()
+    hosts.watch("a", late, started=clock.now - DEADLINE - 1)  # the request that waited in vain
+    assert hosts.is_slow("a") and hosts.hosts() == ("a",) and not hosts.is_slow("b")
+    clock.now += 10
+    await settle(late, "answer")  # it answered, but 11 s after it began: still slow
+    assert hosts.is_slow("a")
+    hosts.watch("a", probe, started=clock.now)
+    clock.now += 0.5
+    await settle(probe, "answer")  # a refresh that answers within the deadline: the host is back
     assert not hosts.is_slow("a")
 
 
-async def test_a_failed_probe_asks_for_another() -> None:
-    loop = asyncio.get_running_loop()
-    hosts = SlowHosts(answered)
-    probe = loop.create_future()
-    hosts.watch("a", probe)
-    await settle(probe, "failure")
-    assert hosts.is_slow("a") and hosts.needs_probe("a")
-    again = loop.create_future()
-    hosts.watch("a", again)
-    assert not hosts.needs_probe("a")
-    again.cancel()
+async def test_refreshes_of_a_slow_host_are_bounded_and_failures_free_their_slot() -> None:
+    loop, clock = asyncio.get_running_loop(), Clock()
+    hosts = SlowHosts(answered, DEADLINE, clock)
+    fetches = [loop.create_future() for _ in range(PROBES)]
+    for fetch in fetches:
+        hosts.watch("a", fetch, started=clock.now)
+    assert hosts.is_slow("a") and not hosts.needs_probe("a"), f"at most {PROBES} refreshes at a time"
+    await settle(fetches[0], "failure")
+    assert hosts.is_slow("a") and hosts.needs_probe("a"), "a failed refresh frees its slot, the host stays slow"
+    fetches[1].cancel()
     await asyncio.sleep(0)
-    assert hosts.needs_probe("a")
-
-
-async def test_an_older_fetch_failing_does_not_drop_the_current_probe() -> None:
-    loop = asyncio.get_running_loop()
-    hosts = SlowHosts(answered)
-    old, probe = loop.create_future(), loop.create_future()
-    hosts.watch("a", old)
-    hosts.watch("a", probe)
-    await settle(old, "failure")
-    assert not hosts.needs_probe("a"), "the current probe is still out"
-    await settle(probe, "answer")
+    assert hosts.is_slow("a")
+    clock.now += 1
+    await settle(fetches[2], "answer")
+    assert not hosts.is_slow("a") and not hosts.needs_probe("a")
+    await settle(fetches[3], "failure")  # a late failure does not mark it slow again
     assert not hosts.is_slow("a")

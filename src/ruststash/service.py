@@ -108,7 +108,7 @@ class CacheService:
         self._registries: dict[tuple[str, str], Registry] = {("index.crates.io", ""): policy.CRATES_IO}
         self._learned_configs: set[str] = set()
         self._inflight: Inflight[Fetched] = Inflight()
-        self.slow_hosts = SlowHosts(_answered)
+        self.slow_hosts = SlowHosts(_answered, resilience.stale_after, time.monotonic)
         self.rust = RustDist(self, clock)
 
     @property
@@ -166,14 +166,15 @@ class CacheService:
         start answering within `miss_timeout`; after that the body may take as long as it keeps coming
         (a stalled body fails after `read_timeout`), so a large crate on a slow link is not cut off."""
         if have_copy and self.slow_hosts.is_slow(request.host):
-            # Known slow: the copy is served at once; one refresh at a time checks whether the host is back.
+            # Known slow: the copy is served at once, and refreshed in the background if there is room.
             if self.slow_hosts.needs_probe(request.host):
                 task, _, _ = self._inflight.join_or_start(decision.key, start)
-                self.slow_hosts.watch(request.host, task)
+                self.slow_hosts.watch(request.host, task, time.monotonic())
                 self.metrics.background_refresh(decision.kind.value)
             waited = self.resilience.stale_after
             reason = f"{request.host}: upstream is slow (a request ran past {waited:g}s); not waiting for it"
             return Fetched(error=UpstreamError(reason, 504, "slow"))
+        began = time.monotonic()
         task, answered, joined = self._inflight.join_or_start(decision.key, start)
         if joined:
             self.metrics.coalesced_request(decision.kind.value)
@@ -182,7 +183,7 @@ class CacheService:
                 return await asyncio.wait_for(asyncio.shield(task), self.resilience.stale_after)
             except TimeoutError:
                 self.metrics.background_refresh(decision.kind.value)
-                self.slow_hosts.watch(request.host, task)
+                self.slow_hosts.watch(request.host, task, began)
                 return None
         waiter = asyncio.ensure_future(answered.wait())
         try:

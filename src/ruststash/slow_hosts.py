@@ -1,12 +1,14 @@
 """Hosts whose upstream is known to be slow right now, so clients holding a copy stop waiting for it.
 
 A revalidation that runs past `--stale-after` is served from the cache and goes on in the background. Its
-host is then marked slow: until a fetch to it ends with an answer again, a request for something stored is
-served from the cache at once, and at most one background refresh (the probe) goes to that host at a time.
-Without this, every request would wait `--stale-after` again (cargo walks the index in rounds, so a hung
-upstream cost rounds x deadline), and hung refreshes would take every pooled connection to that host.
+host is then marked slow: until a fetch to it answers within `--stale-after` again, a request for something
+stored is served from the cache at once, and its refresh runs in the background, at most PROBES at a time
+per host (the others are not refreshed this time). Without this, every request would wait `--stale-after`
+again (cargo walks the index in rounds, so a hung upstream cost rounds x deadline), and hung refreshes would
+take every pooled connection to that host. On a link that is slow but works (a satellite), the copies keep
+being refreshed a few at a time while clients get them at once.
 
-Pure bookkeeping: the caller says when a deadline passed and hands over the fetch in progress.
+Pure bookkeeping: the caller says when a deadline passed and hands over the fetches in progress.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# Background refreshes in flight per slow host: enough to keep a slow link busy, few enough to leave most
+# of the 16 pooled connections per host to misses.
+PROBES = 4
+
 
 class SlowHosts:
-    def __init__(self, answered: Callable[[asyncio.Future[Any]], bool]) -> None:
-        """`answered(fetch)`: whether a finished fetch got an answer from upstream (the host is back)."""
+    def __init__(
+        self, answered: Callable[[asyncio.Future[Any]], bool], deadline: float, clock: Callable[[], float]
+    ) -> None:
+        """`answered(fetch)`: whether a finished fetch got an answer from upstream. A host is back once a
+        fetch to it answers within `deadline` seconds of its start (`clock` tells the time)."""
         self._answered = answered
-        self._probes: dict[str, asyncio.Future[Any] | None] = {}
+        self._deadline = deadline
+        self._clock = clock
+        self._probes: dict[str, set[asyncio.Future[Any]]] = {}
 
     def is_slow(self, host: str) -> bool:
         return host in self._probes
@@ -32,22 +43,23 @@ class SlowHosts:
         return tuple(sorted(self._probes))
 
     def needs_probe(self, host: str) -> bool:
-        """Slow, and no fetch to it is in progress that would tell us it is back."""
-        return host in self._probes and self._probes[host] is None
+        """Slow, with room for another background refresh."""
+        return host in self._probes and len(self._probes[host]) < PROBES
 
-    def watch(self, host: str, fetch: asyncio.Future[Any]) -> None:
-        """`fetch` (to `host`) missed its deadline, or is the new probe of a slow host: the host is slow
-        until a fetch like it ends with an answer."""
+    def watch(self, host: str, fetch: asyncio.Future[Any], started: float) -> None:
+        """`fetch` (to `host`, begun at `started`) missed its deadline, or is a refresh of a slow host: the
+        host is slow until a fetch like it answers in time."""
         if host not in self._probes:
             logger.warning("upstream for %s is slow: serving stored copies without waiting until it answers", host)
-        self._probes[host] = fetch
-        fetch.add_done_callback(lambda done: self._settled(host, done))
+            self._probes[host] = set()
+        self._probes[host].add(fetch)
+        fetch.add_done_callback(lambda done: self._settled(host, done, started))
 
-    def _settled(self, host: str, fetch: asyncio.Future[Any]) -> None:
-        if host not in self._probes:
+    def _settled(self, host: str, fetch: asyncio.Future[Any], started: float) -> None:
+        probes = self._probes.get(host)
+        if probes is None:
             return
-        if self._answered(fetch):
+        probes.discard(fetch)
+        if self._answered(fetch) and self._clock() - started <= self._deadline:
             del self._probes[host]
-            logger.warning("upstream for %s answers again: waiting for it as usual", host)
-        elif self._probes[host] is fetch:
-            self._probes[host] = None  # the probe failed: the next request starts another
+            logger.warning("upstream for %s answers in time again: waiting for it as usual", host)
