@@ -9,6 +9,7 @@ aiohttp's FileResponse); a download in progress is read from its temp file as it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -68,7 +69,8 @@ class BlobServer:
             # Sent (and its handle closed) here, not after we return: the handle must outlive the sending.
             try:
                 stored = _SentInHandler(reply.file.path, headers=headers)
-                await stored.prepare(request)
+                with contextlib.suppress(ConnectionError):  # mitmproxy dropped it (its client went away)
+                    await stored.prepare(request)
                 return stored
             finally:
                 reply.file.close()
@@ -95,11 +97,15 @@ class BlobServer:
 
 class _SentInHandler(web.FileResponse):
     """A FileResponse that the handler sends itself (so that the handle it reads is closed afterwards).
-    aiohttp prepares whatever a handler returns once more, which a FileResponse would take as a new send."""
+    aiohttp prepares whatever a handler returns once more, which a FileResponse would take as a new send:
+    only the first call sends (a send cut short by a closed connection is not tried again)."""
+
+    _sending = False
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self.prepared:
+        if self._sending:
             return None
+        self._sending = True
         return await super().prepare(request)
 
 

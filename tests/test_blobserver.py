@@ -1,0 +1,96 @@
+"""The loopback blob server with real sockets: a stored body is sent from the handle its reply owns, even
+after its file was unlinked, and the handle is closed however the transfer ends."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from ruststash.blobserver import BlobServer
+from ruststash.replies import Outcome, Reply
+from ruststash.store import OpenBlob
+
+SIZE = 16 << 20
+
+
+def open_blob(path: Path) -> OpenBlob:
+    data = path.read_bytes()
+    return OpenBlob(os.open(path, os.O_RDONLY), hashlib.sha256(data).hexdigest(), len(data))
+
+
+def closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+async def get(port: int, path: str, read_all: bool) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: blobs\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    if read_all:
+        data = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        return data
+    data = await asyncio.wait_for(reader.read(4096), 30)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    writer.transport.abort()  # a reset, as when mitmproxy's client cancels its stream
+    return data
+
+
+@pytest.fixture
+def body_file(tmp_path: Path) -> Path:
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(SIZE))
+    return path
+
+
+async def test_an_unlinked_body_is_sent_whole_and_its_handle_closed(body_file: Path) -> None:
+    blobs = BlobServer()
+    await blobs.start()
+    try:
+        blob = open_blob(body_file)
+        fd = blob.fd
+        assert fd is not None
+        expected = await asyncio.to_thread(body_file.read_bytes)
+        await asyncio.to_thread(body_file.unlink)  # evicted after it was opened
+        ticket = blobs.issue(Reply(200, (("content-type", "application/x-xz"),), b"", Outcome.HIT, file=blob))
+        reply = await get(blobs.port, ticket, read_all=True)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == expected
+        assert closed(fd)
+    finally:
+        await blobs.close()
+
+
+async def test_a_client_that_goes_away_leaves_no_error_and_no_open_handle(
+    body_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blobs = BlobServer()
+    await blobs.start()
+    try:
+        for _ in range(5):
+            blob = open_blob(body_file)
+            fd = blob.fd
+            assert fd is not None
+            ticket = blobs.issue(Reply(200, (), b"", Outcome.HIT, file=blob))
+            with caplog.at_level(logging.INFO):
+                assert (await get(blobs.port, ticket, read_all=False)).startswith(b"HTTP/1.1 200")
+                for _ in range(100):  # bounded: the server notices the reset within a few turns
+                    if closed(fd):
+                        break
+                    await asyncio.sleep(0.05)
+            assert closed(fd), "the handle stayed open after the client went away"
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage() for r in errors]
+    finally:
+        await blobs.close()
