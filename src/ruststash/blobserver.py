@@ -78,10 +78,11 @@ class BlobServer:
         response = web.StreamResponse(status=reply.status, headers=headers)
         if reply.size is not None:
             response.content_length = reply.size
-        await response.prepare(request)
         try:
+            await response.prepare(request)
             async for chunk in reply.fill.chunks():
                 await response.write(chunk)
+            await response.write_eof()
         except UpstreamError as exc:
             # Too late for an error status: cut the transfer so the client sees it fail, never a bad body.
             logger.warning("cut a download short for the client: %s", exc.reason)
@@ -91,7 +92,6 @@ class BlobServer:
         except ConnectionError:
             # The client went away; the download itself goes on (other clients, and the store, want it).
             return response
-        await response.write_eof()
         return response
 
 
