@@ -4,6 +4,7 @@ after its file was unlinked, and the handle is closed however the transfer ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -34,17 +35,20 @@ def closed(fd: int) -> bool:
 
 async def get(port: int, path: str, read_all: bool) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: blobs\r\nConnection: close\r\n\r\n".encode())
-    await writer.drain()
-    if read_all:
-        data = await asyncio.wait_for(reader.read(), 30)
-        writer.close()
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: blobs\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        if read_all:
+            return await asyncio.wait_for(reader.read(), 30)
+        data = await asyncio.wait_for(reader.read(4096), 30)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()  # a reset, as when mitmproxy's client cancels its stream
         return data
-    data = await asyncio.wait_for(reader.read(4096), 30)
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    writer.transport.abort()  # a reset, as when mitmproxy's client cancels its stream
-    return data
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 @pytest.fixture
