@@ -22,7 +22,7 @@ SIZE = 16 << 20
 
 def open_blob(path: Path) -> OpenBlob:
     data = path.read_bytes()
-    return OpenBlob(os.open(path, os.O_RDONLY), hashlib.sha256(data).hexdigest(), len(data))
+    return OpenBlob(os.open(path, os.O_RDONLY), hashlib.sha256(data).hexdigest())
 
 
 def closed(fd: int) -> bool:

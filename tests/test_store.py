@@ -8,7 +8,7 @@ import pytest
 
 from ruststash.errors import ConfigError, IntegrityError, StoreError
 from ruststash.settings import parse_size
-from ruststash.store import PIN_SECONDS, Store
+from ruststash.store import ACCESS_GRANULARITY, PIN_SECONDS, Store
 
 META = {"status": 200, "headers": (("etag", '"x"'),), "stored_at": 1000.0, "lifetime": math.inf}
 
@@ -98,6 +98,32 @@ def test_eviction_drops_least_recently_used_and_keeps_under_the_cap(tmp_path: Pa
         entry = store.lookup(key)
         if entry is not None:
             assert store.read(entry) == bytes([int(key[-1])]) * 300
+
+
+def test_access_times_are_written_in_batches_and_never_undo_a_newer_entry(tmp_path: Path) -> None:
+    """A hit notes its time in memory; the index gets the noted times at most once per ACCESS_GRANULARITY
+    and when the store closes (what `ruststash ls`/`purge` in another process read). Writing them must not
+    bring back an older entry."""
+    now = [1000.0]
+    store = Store(tmp_path / "c", clock=lambda: now[0])
+    store.put("crate:a", b"a", **META)
+    store.put("index:b", b"old", **META)
+    now[0] += ACCESS_GRANULARITY + 1
+    assert store.lookup("crate:a") is not None  # the first note in a minute is written at once
+    assert store.lookup_with_body("index:b", 1024)[1] == b"old"  # this one waits
+    tool = Store(tmp_path / "c", clean_tmp=False)  # e.g. `ruststash ls` beside the proxy
+    assert {e.key: used for e, used in tool.entries()} == {"crate:a": now[0], "index:b": 1000.0}
+    replaced = store.put("index:b", b"new", **META)  # refetched after its hit was noted
+    now[0] += ACCESS_GRANULARITY + 1
+    assert store.lookup("crate:a") is not None  # a minute later: everything noted is written
+    used = {e.key: (e.digest, t) for e, t in tool.entries()}
+    assert used["crate:a"][1] == now[0]
+    assert used["index:b"][0] == replaced.digest  # the noted hit on the old body did not bring it back
+    now[0] += 1
+    assert store.lookup("index:b") is not None  # stored a minute ago, so noted; the last write was just now
+    assert {e.key: t for e, t in tool.entries()}["index:b"] == now[0] - ACCESS_GRANULARITY - 2
+    store.close()
+    assert {e.key: t for e, t in tool.entries()}["index:b"] == now[0]  # written on close
 
 
 def test_eviction_keeps_a_blob_another_entry_still_uses(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ class Fill:
             if self.entry is None:
                 return None
             if self._fd is not None:
-                return OpenBlob(os.dup(self._fd), self.entry.digest, self.entry.size)
+                return OpenBlob(os.dup(self._fd), self.entry.digest)
             return await asyncio.to_thread(self.store.open_blob, self.entry)
         finally:
             self._readers -= 1

@@ -63,10 +63,9 @@ class OpenBlob:
     however long it takes to send, even if eviction (or `ruststash purge`) unlinks the file meanwhile.
     Whoever holds it closes it."""
 
-    def __init__(self, fd: int, digest: str, size: int) -> None:
+    def __init__(self, fd: int, digest: str) -> None:
         self.fd: int | None = fd
         self.digest = digest
-        self.size = size
 
     @property
     def path(self) -> Path:
@@ -147,8 +146,12 @@ class BlobWriter:
 
 
 # A hit records its time only if the last record is older than this: an exact LRU order is not worth a
-# database write on every hit.
+# database write on every hit. Those records are kept in memory and written together, in one transaction,
+# at most this often (and before an eviction decides, and when the store closes): a write per hit cost more
+# than the rest of a hit's lookup. A crash loses at most this much of the LRU order, nothing else.
 ACCESS_GRANULARITY = 60.0
+# ... or as soon as this many are waiting.
+ACCESS_BATCH = 10_000
 # A body looked up this recently is about to be served (opened): eviction leaves it alone. Kept in memory:
 # recording every hit in the database would cost a write per hit. (Once opened, unlinking it is harmless.)
 PIN_SECONDS = 30.0
@@ -183,12 +186,15 @@ class Store:
         self.max_bytes = max_bytes
         self._clock = clock
         self._blobs = directory / "blobs"
+        self._blobs_dir = str(self._blobs)
         self._tmp = directory / "tmp"
         self.evictions = 0
         self.full_since: float | None = None
         self._lock = threading.Lock()  # held to unlink a body, and to pin or open one
         self._evicting = threading.Lock()
         self._pinned: dict[str, float] = {}
+        self._accessed: dict[str, tuple[str, float]] = {}  # key -> (digest, time): not yet in the index
+        self._accessed_flushed = clock()
         try:
             self._check_format()
             self._blobs.mkdir(parents=True, exist_ok=True)
@@ -221,6 +227,7 @@ class Store:
             os.replace(partial, marker)
 
     def close(self) -> None:
+        self.flush_access_times()
         self._index.close()
         self._meta.close()
 
@@ -251,28 +258,58 @@ class Store:
             raise StoreError(f"the store cannot be written: {exc.strerror or exc}") from exc
 
     def blob_path(self, digest: str) -> Path:
-        return self._blobs / digest[:2] / digest
+        return Path(self._blob_file(digest))
+
+    def _blob_file(self, digest: str) -> str:
+        """`blob_path` as a string: the hit path builds one per request, and pathlib costs more."""
+        return f"{self._blobs_dir}/{digest[:2]}/{digest}"
 
     def lookup(self, key: str) -> Entry | None:
         """The entry for `key`, or None; an entry whose blob is missing counts as absent."""
+        return self._pinned_entry(key, check_present=True)
+
+    def _pinned_entry(self, key: str, check_present: bool) -> Entry | None:
+        """The entry for `key`, pinned (see PIN_SECONDS) and its access noted. With `check_present`, pinned
+        and seen in place in one step under `_lock` (an eviction runs wholly before or after); without, the
+        caller reads the body next and takes a missing file for a miss."""
         raw: dict[str, Any] | None = self._index.get(key)
         if raw is None:
             return None
         entry = _entry_from_dict(key, raw)
         now = self._clock()
-        with self._lock:  # pinned and seen in place in one step: an eviction runs wholly before or after
+        with self._lock:
             self._pin(entry.digest, now + PIN_SECONDS)
-            present = self.blob_path(entry.digest).exists()
+            present = os.path.exists(self._blob_file(entry.digest)) if check_present else True
         if not present:
-            self._index.delete(key)
+            self._forget(key, entry.digest)
             return None
-        if now - raw.get("accessed_at", 0.0) > ACCESS_GRANULARITY and not self.writes_paused():
-            try:
-                with disk_errors():
-                    self._index.set(key, {**raw, "accessed_at": now})
-            except StoreError:
-                pass  # a hit must not fail because its access time could not be recorded
+        if now - raw.get("accessed_at", 0.0) > ACCESS_GRANULARITY:
+            self._note_access(key, entry.digest, now)
         return entry
+
+    def _note_access(self, key: str, digest: str, now: float) -> None:
+        with self._lock:
+            self._accessed[key] = (digest, now)
+            due = len(self._accessed) >= ACCESS_BATCH or now - self._accessed_flushed > ACCESS_GRANULARITY
+        if due:
+            self.flush_access_times()
+
+    def flush_access_times(self) -> None:
+        """Write the access times noted since the last flush, in one transaction. An entry replaced since
+        (another digest) keeps its own time. Never raises: a hit must not fail over its LRU record."""
+        with self._lock:
+            pending, self._accessed = self._accessed, {}
+            self._accessed_flushed = self._clock()
+        if not pending or self.writes_paused():
+            return  # (with the disk full they are dropped: only the LRU order suffers)
+        try:
+            with disk_errors(), self._index.transact():
+                for key, (digest, at) in pending.items():
+                    raw: dict[str, Any] | None = self._index.get(key)
+                    if raw is not None and raw["digest"] == digest and raw.get("accessed_at", 0.0) < at:
+                        self._index.set(key, {**raw, "accessed_at": at})
+        except StoreError as exc:
+            logger.debug("access times not recorded: %s", exc)
 
     def _pin(self, digest: str, until: float) -> None:
         """Keep eviction away from `digest` until `until` (in memory only: no database write per hit).
@@ -295,21 +332,36 @@ class Store:
         """A handle on `entry`'s body, or None if it is gone (evicted or purged since it was looked up)."""
         with self._lock:  # eviction unlinks under this lock: a body opened here was whole and in place
             try:
-                fd = os.open(self.blob_path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self._blob_file(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
-        return OpenBlob(fd, entry.digest, entry.size)
+        return OpenBlob(fd, entry.digest)
 
     def lookup_with_body(self, key: str, max_body: int) -> tuple[Entry | None, bytes | None]:
         """`lookup`, plus the body when it is at most `max_body` bytes: a hit on a small body then costs one
-        trip to a worker thread, not two."""
-        entry = self.lookup(key)
-        if entry is None or entry.size > max_body:
-            return entry, None
-        try:
-            return entry, self.blob_path(entry.digest).read_bytes()
-        except FileNotFoundError:
+        trip to a worker thread, not two. (The body is read right after the entry is pinned: a missing file,
+        removed before the pin, is a miss.)"""
+        entry = self._pinned_entry(key, check_present=False)
+        if entry is None:
             return None, None
+        try:
+            if entry.size > max_body:
+                return (entry, None) if os.path.exists(self._blob_file(entry.digest)) else (None, None)
+            with open(self._blob_file(entry.digest), "rb") as body:
+                return entry, body.read()
+        except FileNotFoundError:
+            self._forget(key, entry.digest)
+            return None, None
+
+    def _forget(self, key: str, digest: str) -> None:
+        """Drop an entry whose body is gone, unless `key` was pointed at another body meanwhile."""
+        try:
+            with disk_errors(), self._index.transact():
+                raw: dict[str, Any] | None = self._index.get(key)
+                if raw is not None and raw["digest"] == digest:
+                    self._index.delete(key)
+        except StoreError as exc:
+            logger.debug("entry %s not dropped: %s", key, exc)
 
     def writes_paused(self) -> bool:
         """True while the disk was found full recently: callers serve without trying to store."""
@@ -401,11 +453,16 @@ class Store:
         try:
             entries: list[tuple[float, str, str]] = []
             references: Counter[str] = Counter()
+            with self._lock:
+                noted = dict(self._accessed)  # access times not yet written count too
             for key in list(self._index.iterkeys()):
                 raw = self._index.get(key)
                 if raw is None:
                     continue
-                entries.append((raw.get("accessed_at", raw["stored_at"]), key, raw["digest"]))
+                used = raw.get("accessed_at", raw["stored_at"])
+                if key in noted and noted[key][0] == raw["digest"]:
+                    used = max(used, noted[key][1])
+                entries.append((used, key, raw["digest"]))
                 references[raw["digest"]] += 1
             entries.sort()
             goal = self.max_bytes * EVICT_TO
@@ -420,7 +477,7 @@ class Store:
                     self.evictions += 1
                     references[digest] -= 1
                     if references[digest] == 0:
-                        self._bytes -= _unlink_size(self.blob_path(digest)) or 0
+                        self._bytes -= _unlink_size(self._blob_file(digest)) or 0
         finally:
             self._evicting.release()
 
@@ -559,7 +616,7 @@ class Store:
         blobs, freed = 0, 0
         with self._lock:
             for digest in doomed:
-                size = _unlink_size(self.blob_path(digest))
+                size = _unlink_size(self._blob_file(digest))
                 if size is not None:
                     blobs += 1
                     freed += size
@@ -567,11 +624,11 @@ class Store:
         return removed, blobs, freed
 
 
-def _unlink_size(path: Path) -> int | None:
+def _unlink_size(path: str) -> int | None:
     """Remove a blob: the bytes it freed, or None if it was already gone."""
     try:
-        size = path.stat().st_size
-        path.unlink()
+        size = os.stat(path).st_size
+        os.unlink(path)
     except FileNotFoundError:
         return None
     return size
