@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ruststash.response_times import FLOOR
 from ruststash.slow_hosts import PROBES
 from tests.conftest import ProxyFactory
 from tests.harness import ProxyProcess
@@ -165,6 +166,27 @@ def test_a_hung_upstream_is_waited_for_once_then_the_cache_answers_at_once(
     box.run(["generate-lockfile"], project)
     outcomes = {r["outcome"] for r in proxy.access()[seen:]}
     assert "STALE" not in outcomes and "MISS" in outcomes, outcomes
+
+
+def test_the_wait_for_a_hung_upstream_is_learned_and_kept_across_a_restart(
+    tmp_path: Path, start_proxy: ProxyFactory, faulty_crates: FakeCratesIo, origin_tls: OriginTLS
+) -> None:
+    """With a copy in hand, the wait for an origin that answers in milliseconds is FLOOR seconds, not the
+    whole --stale-after (here 30 s, which cargo would sit through); a restarted proxy still knows it."""
+    args = [*upstream_args(faulty_crates, origin_tls), "--stale-after", "30", "--breaker-threshold", "1000"]
+    proxy = start_proxy(args)
+    box, project = cargo_user(tmp_path, proxy, faulty_crates.registry)
+    box.run(["generate-lockfile"], project)  # cold: the origin's answer times are learned
+    assert proxy.stop() == 0
+    faulty_crates.set_fault("/", "hang")
+    proxy.start()
+    seen = len(proxy.access())
+    (project / "Cargo.lock").unlink()
+    box.run(["generate-lockfile"], project, timeout=120)
+    revalidated = [r for r in proxy.access()[seen:] if not r["path"].startswith("/crates/")]
+    assert revalidated and {r["outcome"] for r in revalidated} == {"STALE"}, revalidated
+    waited = [r["note"] for r in revalidated if "no answer from upstream within" in r["note"]]
+    assert waited and all(f"within {FLOOR:g}s;" in note for note in waited), waited
 
 
 @pytest.mark.parametrize("mode", MODES)

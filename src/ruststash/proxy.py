@@ -18,12 +18,12 @@ from mitmproxy.master import Master
 from mitmproxy.utils import asyncio_utils
 from prometheus_client import CollectorRegistry
 
-from . import __version__, ca, http1_limits, mitm_tuning
+from . import __version__, ca, http1_limits, mitm_tuning, response_times
 from .addon import RuststashAddon
 from .admin import Admin, start_admin
 from .blobserver import BlobServer
 from .egress import EgressPolicy
-from .errors import StartupError
+from .errors import StartupError, StoreError
 from .metrics import Metrics
 from .service import CacheService
 from .settings import HostPort, Settings
@@ -84,11 +84,16 @@ async def running_service(settings: Settings, metrics: Metrics) -> AsyncIterator
         metrics,
         known,
     )
+    upstream.response_times.restore(await asyncio.to_thread(store.meta_items, response_times.META_PREFIX))
     await upstream.start()
     try:
         yield CacheService(store, upstream, settings.cache_hosts, settings.resilience, metrics), upstream_map
     finally:
         await upstream.close()
+        try:
+            await asyncio.to_thread(store.put_meta, upstream.response_times.to_meta())
+        except StoreError as exc:
+            logger.warning("upstream answer times not kept for the next start: %s", exc)
         await asyncio.to_thread(store.close)
 
 

@@ -5,8 +5,9 @@ tested with a real store and real origins but no proxy in front. Cargo's and the
 rustup's (manifest pairs, streamed archives) in `rust_dist`.
 
 Every upstream fetch runs as its own task, shared by all requests for the same key (coalescing). A request
-waits for it only so long: with a stored copy `stale_after` seconds (then the copy is served, marked STALE,
-and the fetch refreshes the store when it ends), without one `miss_timeout` seconds (then 504).
+waits for it only so long: with a stored copy `stale_after` seconds, or less for an origin that usually
+answers much faster (then the copy is served, marked STALE, and the fetch refreshes the store when it
+ends); without one `miss_timeout` seconds (then 504).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class CacheService:
         None means the deadline passed (the fetch goes on in the background). With a copy stored and the
         host known slow (see SlowHosts), an error at once: the caller serves the copy.
 
-        With a stored copy the whole fetch must finish within `stale_after`. Without one, upstream must
+        With a stored copy the whole fetch must finish within `stale_deadline`. Without one, upstream must
         start answering within `miss_timeout`; after that the body may take as long as it keeps coming
         (a stalled body fails after `read_timeout`), so a large crate on a slow link is not cut off."""
         if have_copy and self.slow_hosts.is_slow(request.host):
@@ -180,7 +181,7 @@ class CacheService:
             self.metrics.coalesced_request(decision.kind.value)
         if have_copy:
             try:
-                return await asyncio.wait_for(asyncio.shield(task), self.resilience.stale_after)
+                return await asyncio.wait_for(asyncio.shield(task), self.stale_deadline(request))
             except TimeoutError:
                 self.metrics.background_refresh(decision.kind.value)
                 self.slow_hosts.watch(request.host, task, began)
@@ -196,8 +197,13 @@ class CacheService:
             return None
         return await asyncio.shield(task)
 
+    def stale_deadline(self, request: ClientRequest) -> float:
+        """How long a request holding a stored copy waits for upstream: `--stale-after`, or less for an
+        origin known to answer much faster (see response_times)."""
+        return self.upstream.answer_deadline(request.scheme, request.host, request.port, self.resilience.stale_after)
+
     def too_slow(self, request: ClientRequest, have_copy: bool) -> str:
-        deadline = self.resilience.stale_after if have_copy else self.resilience.miss_timeout
+        deadline = self.stale_deadline(request) if have_copy else self.resilience.miss_timeout
         return f"{request.host}: no answer from upstream within {deadline:g}s"
 
     async def revalidating(self, decision: Decision, request: ClientRequest, force: bool = False) -> Reply:

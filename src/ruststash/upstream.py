@@ -18,6 +18,7 @@ from .breaker import Breaker
 from .errors import ConfigError, UpstreamError
 from .inflight import UPSTREAM_ANSWERED
 from .metrics import Metrics
+from .response_times import ResponseTimes
 from .settings import Origin, Resilience
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,14 @@ class UpstreamMap:
         return tuple(o.url_for(path) for o in self.origins(parts.scheme, parts.hostname or "", port))
 
 
+def origin_of(url: str) -> str:
+    """`scheme://host:port` of an absolute URL, as `Origin.base` names it (the port always given)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def make_ssl_context(extra_ca: Path | None) -> ssl.SSLContext:
     """The system's trusted roots plus `--upstream-ca` (a private mirror, or the tests' local origins)."""
     context = ssl.create_default_context()
@@ -103,6 +112,7 @@ class Upstream:
         self._metrics = metrics
         self._clock = clock
         self._breakers: dict[str, Breaker] = {}
+        self.response_times = ResponseTimes()
         for origin in known_origins:
             self.breaker(origin)
         self._session: aiohttp.ClientSession | None = None
@@ -124,6 +134,12 @@ class Upstream:
             r = self._resilience
             self._breakers[origin] = Breaker(r.breaker_threshold, r.breaker_backoff, r.breaker_max_backoff)
         return self._breakers[origin]
+
+    def answer_deadline(self, scheme: str, host: str, port: int, cap: float) -> float:
+        """How long to wait for the first origin of `host` while a stored copy could answer (see
+        response_times): at most `cap`."""
+        origin = self.mapping.origins(scheme, host, port)[0].base
+        return self.response_times.deadline(origin, cap)
 
     def breaker_states(self) -> dict[str, str]:
         now = self._clock()
@@ -198,7 +214,7 @@ class Upstream:
     async def _open_once(self, url: str, headers: dict[str, str]) -> StreamingResponse:
         assert self._session is not None, "Upstream.start() was not called"
         parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
+        origin = origin_of(url)
         breaker = self.breaker(origin)
         now = self._clock()
         if not breaker.allow(now):
@@ -220,7 +236,9 @@ class Upstream:
         except BaseException:
             breaker.probing = False  # cancelled: give the probe slot back, or the origin stays down
             raise
-        self._metrics.observe_upstream(origin, time.monotonic() - started)
+        answer_time = time.monotonic() - started
+        self._metrics.observe_upstream(origin, answer_time)
+        self.response_times.record(origin, answer_time)
         if (answered := UPSTREAM_ANSWERED.get()) is not None:
             answered.set()
         if raw.status >= 500:
