@@ -70,3 +70,29 @@ def test_listed_host_is_intercepted_with_ruststash_certificate(
     # Not a cacheable URL: forwarded to the mapped origin and marked PASS.
     assert b"hello from the other origin" in response
     assert b"x-cache: PASS" in response
+
+
+def negotiated_protocol(proxy_port: int, host: str, context: ssl.SSLContext) -> str | None:
+    """CONNECT through the proxy and do TLS with `host` offering HTTP/2 and HTTP/1.1: what was chosen."""
+    raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+    raw.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = raw.recv(4096)
+        assert chunk, "proxy closed the connection"
+        reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with context.wrap_socket(raw, server_hostname=host) as tls:
+        return tls.selected_alpn_protocol()
+
+
+@pytest.mark.e2e
+def test_toolchain_host_speaks_http1_and_the_index_http2(start_proxy: ProxyFactory) -> None:
+    """Large archives go out faster over HTTP/1.1 through mitmproxy (policy.HTTP1_HOSTS); cargo's hosts
+    keep HTTP/2 for its hundreds of parallel requests."""
+    proxy = start_proxy([])
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    assert negotiated_protocol(proxy.port, "static.rust-lang.org", context) == "http/1.1"
+    assert negotiated_protocol(proxy.port, "index.crates.io", context) == "h2"
+    assert negotiated_protocol(proxy.port, "static.crates.io", context) == "h2"

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from ruststash.policy import CRATES_IO, Kind, Rule, classify, config_prefix, index_path, registry_from_dl
+from ruststash.policy import (
+    CRATES_IO,
+    Kind,
+    Rule,
+    classify,
+    client_protocol,
+    config_prefix,
+    index_path,
+    registry_from_dl,
+)
 
 REGISTRIES = (CRATES_IO,)
 
@@ -196,3 +205,11 @@ def test_classify_rustup(path: str, kind: Kind, key: str | None, rule: Rule, min
     if kind in (Kind.MANIFEST, Kind.MANIFEST_SHA256):
         assert decision.manifest is not None
         assert decision.manifest.sha256_path == decision.manifest.toml_path + ".sha256"
+
+
+def test_client_protocol_is_http1_only_for_hosts_of_large_files_that_offer_it() -> None:
+    assert client_protocol("static.rust-lang.org", [b"h2", b"http/1.1"]) == b"http/1.1"
+    assert client_protocol("Static.Rust-Lang.org", [b"http/1.1"]) == b"http/1.1"
+    assert client_protocol("static.rust-lang.org", [b"h2"]) is None  # mitmproxy chooses (h2)
+    assert client_protocol("index.crates.io", [b"h2", b"http/1.1"]) is None
+    assert client_protocol(None, [b"h2", b"http/1.1"]) is None

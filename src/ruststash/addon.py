@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import server_hooks
+from mitmproxy.tls import TlsData
 
 from .access_log import log_request
 from .blobserver import BlobServer
 from .egress import EgressPolicy, refusal
-from .policy import Kind
+from .policy import Kind, client_protocol
 from .replies import ClientRequest, Outcome, Reply, error_reply
 from .service import CacheService
 from .upstream import UpstreamMap
@@ -99,6 +100,17 @@ class RuststashAddon:
         if reason is not None:
             logger.warning("refused a connection to %s:%s: %s", host, port, reason)
             data.server.error = f"ruststash: {reason}"
+
+    def tls_start_client(self, data: TlsData) -> None:
+        """After mitmproxy's TlsConfig has set up the client side of an intercepted connection: hosts of
+        large files speak HTTP/1.1 with their clients (see policy.HTTP1_HOSTS)."""
+        conn = data.ssl_conn
+        if conn is None:
+            return
+        protocol = client_protocol(data.conn.sni, data.conn.alpn_offers)
+        app_data = conn.get_app_data()
+        if protocol is not None and isinstance(app_data, dict) and app_data.get("client_alpn") is None:
+            conn.set_app_data({**app_data, "client_alpn": protocol})
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
