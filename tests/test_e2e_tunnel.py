@@ -27,8 +27,8 @@ def other_origin(origin_tls: OriginTLS) -> Iterator[BackgroundServer]:
     server.close()
 
 
-def connect_through(proxy_port: int, host: str, port: int, context: ssl.SSLContext) -> tuple[bytes, bytes]:
-    """CONNECT through the proxy, do TLS with `host`, GET /; return (peer certificate DER, response)."""
+def open_tunnel(proxy_port: int, host: str, port: int) -> socket.socket:
+    """A socket through which the proxy has agreed to CONNECT to `host`:`port`."""
     raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
     raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
     reply = b""
@@ -37,7 +37,12 @@ def connect_through(proxy_port: int, host: str, port: int, context: ssl.SSLConte
         assert chunk, "proxy closed the connection"
         reply += chunk
     assert reply.startswith(b"HTTP/1.1 200"), reply
-    with context.wrap_socket(raw, server_hostname=host) as tls:
+    return raw
+
+
+def connect_through(proxy_port: int, host: str, port: int, context: ssl.SSLContext) -> tuple[bytes, bytes]:
+    """CONNECT through the proxy, do TLS with `host`, GET /; return (peer certificate DER, response)."""
+    with context.wrap_socket(open_tunnel(proxy_port, host, port), server_hostname=host) as tls:
         der = tls.getpeercert(binary_form=True)
         assert der is not None
         tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
@@ -74,16 +79,8 @@ def test_listed_host_is_intercepted_with_ruststash_certificate(
 
 def negotiated_protocol(proxy_port: int, host: str, context: ssl.SSLContext) -> str | None:
     """CONNECT through the proxy and do TLS with `host` offering HTTP/2 and HTTP/1.1: what was chosen."""
-    raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
-    raw.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        chunk = raw.recv(4096)
-        assert chunk, "proxy closed the connection"
-        reply += chunk
-    assert reply.startswith(b"HTTP/1.1 200"), reply
     context.set_alpn_protocols(["h2", "http/1.1"])
-    with context.wrap_socket(raw, server_hostname=host) as tls:
+    with context.wrap_socket(open_tunnel(proxy_port, host, 443), server_hostname=host) as tls:
         return tls.selected_alpn_protocol()
 
 
