@@ -7,9 +7,11 @@ tmp/). Registered on the `main` group of `cli`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,8 +38,41 @@ def _human_size(n: int) -> str:
     return human_size(n)
 
 
-def _selector_options[F: Callable[..., object]](command: F) -> F:
-    """What `warm` fills and `export` takes: lockfiles (arguments) and toolchains."""
+@dataclass(frozen=True)
+class Selectors:
+    """What `warm` fills and `export` takes, as given on the command line."""
+
+    lockfiles: tuple[Path, ...]
+    toolchains: tuple[str, ...]
+    targets: tuple[str, ...]
+    components: tuple[str, ...]
+    profile: str
+
+    @property
+    def empty(self) -> bool:
+        return not self.lockfiles and not self.toolchains
+
+    @property
+    def toolchain_specs(self) -> tuple[ToolchainSpec, ...]:
+        return _toolchain_specs(self.toolchains)
+
+    @property
+    def target_triples(self) -> tuple[str, ...]:
+        """--target, or this machine's host triple."""
+        return _targets(self.targets)
+
+
+_SELECTOR_PARAMETERS = ("lockfiles", "toolchains", "targets", "components", "profile")
+
+
+def _selector_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The selector arguments and options, handed to `command` as one `selectors: Selectors`."""
+
+    @functools.wraps(command)
+    def packed(**kwargs: object) -> None:
+        selectors = Selectors(**{name: kwargs.pop(name) for name in _SELECTOR_PARAMETERS})  # type: ignore[arg-type]
+        command(selectors=selectors, **kwargs)
+
     options = [
         click.argument("lockfiles", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path)),
         click.option(
@@ -78,9 +113,10 @@ def _selector_options[F: Callable[..., object]](command: F) -> F:
             help="The rustup profile whose components to take.",
         ),
     ]
+    decorated: Callable[..., None] = packed
     for option in reversed(options):
-        command = option(command)
-    return command
+        decorated = option(decorated)
+    return decorated
 
 
 def _open_existing_store(cache_dir: Path) -> Store:
@@ -138,11 +174,7 @@ def _targets(targets: tuple[str, ...]) -> tuple[str, ...]:
     help="A progress bar (default: when stderr is a terminal) or one line per file.",
 )
 def warm(
-    lockfiles: tuple[Path, ...],
-    toolchains: tuple[str, ...],
-    targets: tuple[str, ...],
-    components: tuple[str, ...],
-    profile: str,
+    selectors: Selectors,
     cache_dir: Path,
     data_dir: Path,
     upstreams: tuple[str, ...],
@@ -162,14 +194,14 @@ def warm(
     from .warm import Warmer, WarmPlan, make_reporter, read_lockfiles, tool_service, warm_resilience
 
     with _clear_errors():
-        if not lockfiles and not toolchains:
+        if selectors.empty:
             raise click.UsageError("name at least one Cargo.lock or --toolchain")
         plan = WarmPlan(
-            crates=tuple(read_lockfiles(lockfiles)),
-            toolchains=_toolchain_specs(toolchains),
-            targets=_targets(targets),
-            components=components,
-            profile=profile,
+            crates=tuple(read_lockfiles(selectors.lockfiles)),
+            toolchains=selectors.toolchain_specs,
+            targets=selectors.target_triples,
+            components=selectors.components,
+            profile=selectors.profile,
         )
         upstream_map = build_upstreams(upstreams)
         ca_file = upstream_ca.expanduser().absolute() if upstream_ca else None
@@ -223,11 +255,7 @@ def warm(
     help="Write the bundle even if the cache lacks some of what the selectors name.",
 )
 def export_command(
-    lockfiles: tuple[Path, ...],
-    toolchains: tuple[str, ...],
-    targets: tuple[str, ...],
-    components: tuple[str, ...],
-    profile: str,
+    selectors: Selectors,
     everything: bool,
     cache_dir: Path,
     output: Path,
@@ -243,18 +271,20 @@ def export_command(
     from .warm import read_lockfiles, select_from_store
 
     with _clear_errors():
-        if everything and (lockfiles or toolchains):
+        if everything and not selectors.empty:
             raise click.UsageError("--all takes no lockfiles or --toolchain")
-        if not everything and not lockfiles and not toolchains:
+        if not everything and selectors.empty:
             raise click.UsageError("name at least one Cargo.lock or --toolchain, or pass --all")
-        crates = read_lockfiles(lockfiles)
-        specs = _toolchain_specs(toolchains)
+        crates = read_lockfiles(selectors.lockfiles)
+        specs = selectors.toolchain_specs
         store = _open_existing_store(cache_dir)
         try:
             if everything:
                 keys, meta = exportable_keys(store), store.meta_items("archive-sha256:")
             else:
-                selection = select_from_store(store, crates, specs, _targets(targets), components, profile)
+                selection = select_from_store(
+                    store, crates, specs, selectors.target_triples, selectors.components, selectors.profile
+                )
                 if selection.missing:
                     for line in selection.missing[:50]:
                         click.echo(f"not in the cache: {line}", err=True)
