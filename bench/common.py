@@ -4,6 +4,8 @@ written in their reports."""
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 KIB = 1024
@@ -30,3 +32,34 @@ def machine_line(machine: dict[str, str], extra: str = "") -> str:
         f"Python {machine['python']}, mitmproxy {machine['mitmproxy']}, aiohttp {machine['aiohttp']}, "
         f"ruststash {machine['ruststash']}{'; ' + extra if extra else ''}."
     )
+
+
+INTRO = """# Benchmarks
+
+Numbers measured with the scripts in `bench/` (see bench/README.md for what each measures and how to run it).
+Each run appends a section; the machine and versions are given with every table.
+
+"""
+
+
+def append_report(output: Path, text: str) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    existing = output.read_text(encoding="utf-8") if output.exists() else INTRO
+    if not existing.endswith("\n\n"):
+        existing = existing.rstrip("\n") + "\n\n"
+    output.write_text(existing + text, encoding="utf-8")
+
+
+def publish(report: str, failure: str, output: Path, write: bool, ok: bool, after: Iterable[str] = ()) -> int:
+    """Print the report (and the `after` lines), append it to `output` unless `write` is off or the run
+    stopped early (`failure`); the exit code: 2 stopped early, 1 some run failed, 0 all well."""
+    print(report)
+    for line in after:
+        print(line)
+    if failure:
+        print(f"stopped early, nothing appended: {failure}", file=sys.stderr)
+        return 2
+    if write:
+        append_report(output, report)
+        print(f"appended to {output}", file=sys.stderr)
+    return 0 if ok else 1

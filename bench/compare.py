@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench.common import KIB, MIB, WORKLOADS_DIR, machine_line, size_text
-from bench.memory import DEFAULT_OUTPUT, append_report, machine_description, proc_status_kib
+from bench.common import KIB, MIB, WORKLOADS_DIR, machine_line, publish, size_text
+from bench.memory import DEFAULT_OUTPUT, machine_description, proc_status_kib
 from bench.slow_upstream import read_access
 from bench.squid import Peer, SquidCA, SquidProcess, copy_cache, squid_available, squid_version
 from tests.harness import ProxyProcess
@@ -1009,17 +1009,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     notes = [f"Total bench time {(time.monotonic() - began) / 60:.1f} min.", *bench.profile_notes]
     report = render(rows, bench, workloads, machine, when, args.label, runs, notes)
-    print(report)
-    if args.profile is not None:
-        for collapsed in sorted(args.profile.glob("*.collapsed")):
-            print("\n".join(summarize_profile(collapsed)))
-    if failure:
-        print(f"stopped early, nothing appended: {failure}", file=sys.stderr)
-        return 2
-    if not args.no_write:
-        append_report(args.output, report)
-        print(f"appended to {args.output}", file=sys.stderr)
-    return 0 if all(run.ok for row in rows for run in row.runs) else 1
+    profiles = sorted(args.profile.glob("*.collapsed")) if args.profile is not None else []
+    summaries = ["\n".join(summarize_profile(collapsed)) for collapsed in profiles]
+    ok = all(run.ok for row in rows for run in row.runs)
+    return publish(report, failure, args.output, not args.no_write, ok, summaries)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.common import MIB, machine_line
+from bench.common import MIB, machine_line, publish
 from tests.harness import ProxyProcess
 from tests.origins.rustlang import FakeRustDist
 from tests.origins.tls import OriginTLS, make_origin_tls
@@ -574,22 +574,6 @@ def render(rows: list[Row], machine: dict[str, str], size: int, target_mib: floa
     return "\n".join(lines) + "\n"
 
 
-INTRO = """# Benchmarks
-
-Numbers measured with the scripts in `bench/` (see bench/README.md for what each measures and how to run it).
-Each run appends a section; the machine and versions are given with every table.
-
-"""
-
-
-def append_report(output: Path, text: str) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    existing = output.read_text(encoding="utf-8") if output.exists() else INTRO
-    if not existing.endswith("\n\n"):
-        existing = existing.rstrip("\n") + "\n\n"
-    output.write_text(existing + text, encoding="utf-8")
-
-
 # --------------------------------------------------------------------------------------------------
 
 
@@ -654,19 +638,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     report = render(rows, machine, bench.size if bench else args.size_mb * MIB, args.target_mib, when, args.label)
-    print(report)
-    for row in rows:
-        meets = row.meets_target(args.target_mib)
-        if meets is not None:
-            state = "meets" if meets else "does NOT meet"
-            print(f"{row.scenario} x {row.clients}: {state} the {args.target_mib:g} MiB peak RSS target")
-    if failure:
-        print(f"stopped early, nothing appended: {failure}", file=sys.stderr)
-        return 2
-    if not args.no_write:
-        append_report(args.output, report)
-        print(f"appended to {args.output}", file=sys.stderr)
-    return 0 if all(row.ok for row in rows) else 1
+    verdicts = [
+        f"{row.scenario} x {row.clients}: {'meets' if meets else 'does NOT meet'} the {args.target_mib:g} MiB peak "
+        "RSS target"
+        for row in rows
+        if (meets := row.meets_target(args.target_mib)) is not None
+    ]
+    return publish(report, failure, args.output, not args.no_write, all(row.ok for row in rows), verdicts)
 
 
 if __name__ == "__main__":

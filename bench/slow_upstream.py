@@ -44,8 +44,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import KIB, WORKLOADS_DIR, machine_line, size_text
-from bench.memory import DEFAULT_OUTPUT, append_report, cpu_seconds, machine_description
+from bench.common import KIB, WORKLOADS_DIR, machine_line, publish, size_text
+from bench.memory import DEFAULT_OUTPUT, cpu_seconds, machine_description
 from tests.harness import ProxyProcess, proxy_client_env
 from tests.origins.clients import CargoSandbox, source_replacement_toml, write_consumer
 from tests.origins.crates_io import DIRECT_DL, FakeCratesIo, RequestRecord
@@ -572,14 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"could not start: {failure}", file=sys.stderr)
         return 2
     report = render(rows, bench, machine, when, args.label)
-    print(report)
-    if failure:
-        print(f"stopped early, nothing appended: {failure}", file=sys.stderr)
-        return 2
-    if not args.no_write:
-        append_report(args.output, report)
-        print(f"appended to {args.output}", file=sys.stderr)
-    return 0 if all(run.ok for row in rows for run in row.runs) else 1
+    return publish(report, failure, args.output, not args.no_write, all(run.ok for row in rows for run in row.runs))
 
 
 if __name__ == "__main__":
