@@ -15,6 +15,7 @@ from mitmproxy.tls import TlsData
 
 from .access_log import log_request
 from .blobserver import BlobServer
+from .body_gc import BodyCollector
 from .egress import EgressPolicy, refusal
 from .policy import Kind, client_protocol
 from .replies import ClientRequest, Outcome, Reply, error_reply
@@ -83,6 +84,7 @@ class RuststashAddon:
         self.upstream_map = upstream_map
         self.blobs = blobs
         self.egress = egress
+        self.bodies = BodyCollector()
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """The egress guard: every connection mitmproxy makes for a client (tunnels, forwards) is checked."""
@@ -133,6 +135,7 @@ class RuststashAddon:
             self._forward(flow, request, _Forwarded(reply.outcome, decision.kind.value, request.host, request.path))
             return
         flow.response = make_response(reply)
+        self.bodies.answered(len(reply.body))
         self.service.metrics.request(decision.kind.value, reply.outcome.value, len(reply.body))
         log_request(
             method=request.method,

@@ -18,7 +18,7 @@ from mitmproxy.master import Master
 from mitmproxy.utils import asyncio_utils
 from prometheus_client import CollectorRegistry
 
-from . import __version__, ca, http1_limits, mitm_tuning, response_times
+from . import __version__, body_gc, ca, http1_limits, mitm_tuning, response_times
 from .addon import RuststashAddon
 from .admin import Admin, start_admin
 from .blobserver import BlobServer
@@ -155,6 +155,7 @@ async def serve(settings: Settings) -> None:
             admin = await start_admin(settings.admin_listen, Admin(service, metrics, settings.data_dir))
             try:
                 await master.running()
+                body_gc.freeze_startup_objects()
                 logger.info(
                     "ruststash %s: proxy on %s, admin on %s, cache %s",
                     __version__,
