@@ -186,3 +186,15 @@ def test_parse_size(text: str, size: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_size(text)
+
+
+def test_a_vanished_body_is_a_miss_and_its_entry_goes_whatever_its_size(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c")
+    small = store.put("index:small", b"s" * 10, **META)
+    large = store.put("crate:large", b"l" * 100, **META)
+    store.blob_path(small.digest).unlink()
+    store.blob_path(large.digest).unlink()
+    assert store.lookup_with_body("index:small", 50) == (None, None)
+    assert store.lookup_with_body("crate:large", 50) == (None, None)  # too large to read along: checked
+    assert store.peek("index:small") is None and store.peek("crate:large") is None
+    assert store.lookup_with_body("crate:large", 50) == (None, None)

@@ -344,14 +344,17 @@ class Store:
         entry = self._pinned_entry(key, check_present=False)
         if entry is None:
             return None, None
+        path = self._blob_file(entry.digest)
         try:
-            if entry.size > max_body:
-                return (entry, None) if os.path.exists(self._blob_file(entry.digest)) else (None, None)
-            with open(self._blob_file(entry.digest), "rb") as body:
-                return entry, body.read()
+            if entry.size <= max_body:
+                with open(path, "rb") as body:
+                    return entry, body.read()
+            if os.path.exists(path):
+                return entry, None
         except FileNotFoundError:
-            self._forget(key, entry.digest)
-            return None, None
+            pass
+        self._forget(key, entry.digest)
+        return None, None
 
     def _forget(self, key: str, digest: str) -> None:
         """Drop an entry whose body is gone, unless `key` was pointed at another body meanwhile."""
