@@ -172,7 +172,7 @@ class CacheService:
                 task, _, _ = self._inflight.join_or_start(decision.key, start)
                 self.slow_hosts.watch(request.host, task, time.monotonic())
                 self.metrics.background_refresh(decision.kind.value)
-            waited = self.resilience.stale_after
+            waited = self.stale_deadline(request)
             reason = f"{request.host}: upstream is slow (a request ran past {waited:g}s); not waiting for it"
             return Fetched(error=UpstreamError(reason, 504, "slow"))
         began = time.monotonic()
