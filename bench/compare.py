@@ -133,7 +133,8 @@ def process_tree(pid: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(parent, []).append(int(entry))
-    tree, todo = [], [pid]
+    tree: list[int] = []
+    todo = [pid]
     while todo and len(tree) < 1000:
         current = todo.pop()
         tree.append(current)
@@ -493,6 +494,7 @@ class Bench:
             assert proxy.process is not None
             yield Proxied(proxy.url, proxy.bundle, proxy.process.pid, lambda: ruststash_access(proxy))
         finally:
+            code: int | None
             try:
                 code = proxy.stop()
             except RuntimeError as exc:
@@ -743,8 +745,8 @@ def evaluate_targets(rows: list[Row]) -> list[Verdict]:
         if r.scenario.via == "ruststash" and r.workload == "rustup" and r.largest_hit_mib_s() is not None
     ]
     rate_row = next(((rate, r) for rate, r in rates if r.scenario.name == "warm"), rates[0] if rates else None)
-    if rate_row is not None and rate_row[0] is not None:
-        rate, r = rate_row
+    if rate_row is not None and (rate := rate_row[0]) is not None:
+        r = rate_row[1]
         size = max((run.largest_hit[0] for run in r.good if run.largest_hit), default=0)
         verdicts.append(
             Verdict(

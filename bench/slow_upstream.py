@@ -261,6 +261,7 @@ class Bench:
         try:
             yield proxy
         finally:
+            code: int | None
             try:
                 code = proxy.stop()
             except RuntimeError as exc:
