@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -16,10 +17,31 @@ PROXY_START_TIMEOUT = 30.0
 _LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
+_LISTEN_PORTS = range(20000, 32768)  # below Linux's ephemeral range (32768-60999): no outgoing socket takes one
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, for a server a test starts later.
+
+    A port the kernel picks with bind(0) comes from the ephemeral range, where any client's outgoing
+    connection (cargo, the proxy's upstream fetches) may take it before the server binds it; that made a
+    proxy start fail with "address already in use" in CI. Ports below that range are taken only by
+    listeners, and none is handed out twice in one test session.
+    """
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.choice(_LISTEN_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {_LISTEN_PORTS}")
 
 
 def ruststash_command(*args: str) -> list[str]:
