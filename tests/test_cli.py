@@ -72,6 +72,7 @@ def test_help_shows_every_option_and_its_variable() -> None:
         ("--cache-host", "RUSTSTASH_CACHE_HOST"),
         ("--upstream", "RUSTSTASH_UPSTREAM"),
         ("--upstream-ca", "RUSTSTASH_UPSTREAM_CA"),
+        ("--memory-cache", "RUSTSTASH_MEMORY_CACHE"),
     ]:
         assert option in text and variable in text
 
@@ -98,6 +99,7 @@ def _serve(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
         (["--upstream", "index.crates.io=ftp://x"], "is not an http(s) URL"),
         (["--cache-host", "not a host"], "is not a host name"),
         (["--upstream-ca", "/nonexistent/ca.pem"], "--upstream-ca /nonexistent/ca.pem"),
+        (["--memory-cache", "lots"], "--memory-cache 'lots' is not a size"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

@@ -7,14 +7,16 @@ origin only through the proxy (HTTPS_PROXY), with no registry configuration at a
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.harness import ProxyProcess, proxy_client_env
+from tests.harness import ProxyProcess, proxy_client_env, proxy_process_env, ruststash_command
 from tests.origins.clients import CargoSandbox, clean_env, locked_versions, write_consumer
 from tests.origins.crates_io import FakeCratesIo, corrupted
 from tests.origins.registry import Registry
@@ -187,3 +189,40 @@ def test_ruststash_env_is_all_cargo_needs(
     )
     assert result.returncode == 0, result.stderr
     assert crate_downloads(crates_origin), "cargo did not go through the proxy to the origin"
+
+
+def test_crates_answered_from_memory_are_refetched_once_purged(
+    tmp_path: Path, start_proxy: ProxyFactory, crates_origin: FakeCratesIo, origin_tls: OriginTLS
+) -> None:
+    """Hits on small bodies come from memory; `ruststash purge` in another process still takes effect
+    at once: the next cargo downloads every purged crate again instead of getting the copy held in memory."""
+    proxy = start_proxy(upstream_args(crates_origin, origin_tls))
+    project = consumer(tmp_path, crates_origin.registry)
+    sandbox(tmp_path / "cold", proxy).run(["fetch"], project)
+    fetched = crate_downloads(crates_origin)
+    assert fetched
+
+    crates_origin.reset_counts()
+    seen = len(proxy.access())
+    sandbox(tmp_path / "warm", proxy).run(["fetch"], project)
+    assert crate_downloads(crates_origin) == []
+    assert outcomes(proxy, seen).get("HIT", set()) >= set(fetched)
+    assert memory_hits(proxy) >= len(fetched)
+
+    purged = subprocess.run(
+        ruststash_command("purge", "--cache-dir", str(proxy.cache_dir), "--kind", "crate", "--yes"),
+        capture_output=True, text=True, timeout=120, check=False, env=proxy_process_env(),
+    )  # fmt: skip
+    assert purged.returncode == 0, purged.stderr
+    assert f"removed {len(fetched)} entries" in purged.stdout
+
+    crates_origin.reset_counts()
+    seen = len(proxy.access())
+    sandbox(tmp_path / "after-purge", proxy).run(["fetch"], project)
+    assert sorted(crate_downloads(crates_origin)) == sorted(fetched)
+    assert outcomes(proxy, seen).get("MISS", set()) >= set(fetched)
+
+
+def memory_hits(proxy: ProxyProcess) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.admin_port}/api/stats", timeout=10) as response:
+        return int(json.loads(response.read())["store"]["memory_hits"])

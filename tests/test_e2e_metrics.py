@@ -62,10 +62,14 @@ def test_metrics_after_cargo_traffic(
     assert value(after, "ruststash_store_bytes") > 0
     assert value(after, "ruststash_store_free_bytes") > 0
     assert value(after, "ruststash_upstream_up", upstream=crates_origin.index_url) == 1
+    # The warm run's crates were stored by the cold run moments before: answered from memory.
+    assert value(after, "ruststash_memory_cache_hits_total") >= crate_misses
+    assert 0 < value(after, "ruststash_memory_cache_bytes") <= 32 * 1024 * 1024
 
     with urllib.request.urlopen(f"http://127.0.0.1:{proxy.admin_port}/api/stats", timeout=10) as response:
         stats = json.loads(response.read())
     assert stats["store"]["entries"] == value(after, "ruststash_store_entries")
+    assert stats["store"]["memory_hits"] >= crate_misses
     assert stats["metrics"]["ruststash_requests_total"]["crate/hit"] == crate_misses
 
 

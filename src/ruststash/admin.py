@@ -34,7 +34,16 @@ class Admin:
         store = self.service.store
         used, entries = store.usage()
         free = shutil.disk_usage(store.directory).free
-        return StoreFigures(used, entries, store.max_bytes, free, store.evictions, store.full_since is not None)
+        return StoreFigures(
+            used,
+            entries,
+            store.max_bytes,
+            free,
+            store.evictions,
+            store.full_since is not None,
+            store.memory_bytes(),
+            store.memory_hits,
+        )
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -75,6 +84,8 @@ class Admin:
                 "free_bytes": figures.free_bytes,
                 "evictions": figures.evictions,
                 "disk_full": figures.disk_full,
+                "memory_bytes": figures.memory_bytes,
+                "memory_hits": figures.memory_hits,
             },
             "upstreams": self.service.upstream.breaker_states(),
             "slow_hosts": list(self.service.slow_hosts.hosts()),

@@ -195,6 +195,15 @@ def _resilience_options[F: Callable[..., object]](command: F) -> F:
     metavar="SIZE",
     help="Cap the store at this size (20GiB, 500MB, ...); least recently used entries are evicted. Default: no cap.",
 )
+@click.option(
+    "--memory-cache",
+    envvar="RUSTSTASH_MEMORY_CACHE",
+    show_envvar=True,
+    metavar="SIZE",
+    default="32MiB",
+    show_default=True,
+    help="Memory for small bodies (up to 512 KiB each) answered without reading the disk; 0 for none.",
+)
 @_resilience_options
 @click.option(
     "--log-level",
@@ -218,6 +227,7 @@ def serve(
     tunnel_allow: tuple[str, ...],
     deny_private_tunnels: bool,
     max_size: str | None,
+    memory_cache: str,
     log_level: str,
     **resilience: float,
 ) -> None:
@@ -236,6 +246,7 @@ def serve(
             upstream_ca=upstream_ca.expanduser().absolute() if upstream_ca else None,
             resilience=Resilience(**resilience),  # type: ignore[arg-type]
             max_bytes=parse_size(max_size) if max_size else 0,
+            hot_bytes=0 if memory_cache.strip() == "0" else parse_size(memory_cache, "--memory-cache"),
             access=Access(allow_remote, proxy_auth, tunnel_allow, deny_private_tunnels),
         )
         check_access(settings.listen, settings.admin_listen, settings.access)

@@ -46,6 +46,8 @@ class StoreFigures:
     free_bytes: int
     evictions: int
     disk_full: bool = False
+    memory_bytes: int = 0
+    memory_hits: int = 0
 
 
 class Metrics:
@@ -144,11 +146,17 @@ class _ScrapeTimeCollector(Collector):
             ("ruststash_store_max_bytes", "The store's size cap (0: none)", figures.max_bytes),
             ("ruststash_store_free_bytes", "Free space on the cache directory's filesystem", figures.free_bytes),
             ("ruststash_store_disk_full", "1 while the cache disk is full and nothing is stored", figures.disk_full),
-        ):
+            ("ruststash_memory_cache_bytes", "Bytes of small bodies held in memory (--memory-cache)",
+             figures.memory_bytes),
+        ):  # fmt: skip
             yield GaugeMetricFamily(name, text, value=value)
         yield CounterMetricFamily(
             "ruststash_store_evictions", "Entries evicted to keep the store under its cap", value=figures.evictions
         )
+        yield CounterMetricFamily(
+            "ruststash_memory_cache_hits", "Stored bodies answered from memory, without reading the disk",
+            value=figures.memory_hits,
+        )  # fmt: skip
         states = GaugeMetricFamily(
             "ruststash_upstream_circuit_state", "1 for each upstream origin's current breaker state",
             labels=("upstream", "state"),

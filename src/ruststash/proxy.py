@@ -73,7 +73,7 @@ def mitmproxy_options(settings: Settings) -> dict[str, object]:
 
 @contextlib.asynccontextmanager
 async def running_service(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[CacheService, UpstreamMap]]:
-    store = await asyncio.to_thread(Store, settings.cache_dir, settings.max_bytes)
+    store = await asyncio.to_thread(Store, settings.cache_dir, settings.max_bytes, hot_bytes=settings.hot_bytes)
     upstream_map = UpstreamMap(settings.upstreams)
     known = upstream_map.known_origins(h.host for h in settings.cache_hosts)
     upstream = Upstream(

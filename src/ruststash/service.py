@@ -41,6 +41,7 @@ from .replies import (
 from .settings import CacheHost, Resilience
 from .slow_hosts import SlowHosts
 from .store import Entry, Store
+from .tasks import spawn
 from .upstream import CREDENTIAL_HEADERS, FORWARDED_REQUEST_HEADERS, Upstream, UpstreamResponse
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,16 @@ class CacheService:
             return None
         return await asyncio.shield(task)
 
+    async def _stored(self, key: str) -> tuple[Entry | None, bytes | None]:
+        """The stored entry for `key` and, when small, its body: from memory when held there (no thread hop),
+        else from the store in a worker thread."""
+        held = self.store.lookup_hot(key)
+        if held is None:
+            return await asyncio.to_thread(self.store.lookup_with_body, key, INLINE_BODY)
+        if self.store.claim_access_flush(self._clock()):
+            spawn(asyncio.to_thread(self.store.flush_access_times), "flush access times")
+        return held
+
     def stale_deadline(self, request: ClientRequest) -> float:
         """How long a request holding a stored copy waits for upstream: `--stale-after`, or less for an
         origin known to answer much faster (see response_times)."""
@@ -209,7 +220,7 @@ class CacheService:
     async def revalidating(self, decision: Decision, request: ClientRequest, force: bool = False) -> Reply:
         """Fresh: serve. Stale or absent: ask upstream (conditionally when we hold a copy). Upstream failing
         or too slow: serve what we hold, marked STALE, else a clear 502/504."""
-        entry, body = await asyncio.to_thread(self.store.lookup_with_body, decision.key, INLINE_BODY)
+        entry, body = await self._stored(decision.key)
         if entry is not None and not force and is_fresh(entry.stored_at, entry.lifetime, self._clock()):
             return await self.answer(entry, request, Outcome.HIT, body=body)
         fetched = await self.coalesced(
@@ -292,7 +303,7 @@ class CacheService:
     async def _crate(self, decision: Decision, crate: CrateRef, request: ClientRequest) -> Reply:
         """Immutable: a stored copy is always served. A new one is stored only if its sha256 is the `cksum`
         its registry's index publishes for that version; a mirror serving anything else is passed over."""
-        entry, body = await asyncio.to_thread(self.store.lookup_with_body, decision.key, INLINE_BODY)
+        entry, body = await self._stored(decision.key)
         if entry is not None:
             return await self.answer(entry, request, Outcome.HIT, body=body)
         fetched = await self.coalesced(decision, request, False, lambda: self._fetch_crate(decision, crate, request))

@@ -14,6 +14,7 @@ from .errors import ConfigError
 DEFAULT_CACHE_HOSTS = ("index.crates.io", "static.crates.io", "crates.io", "static.rust-lang.org")
 DEFAULT_LISTEN = "127.0.0.1:3128"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9128"
+DEFAULT_HOT_BYTES = 32 * 1024 * 1024
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -112,6 +113,7 @@ class Settings:
     upstream_ca: Path | None = None
     resilience: Resilience = field(default_factory=Resilience)
     max_bytes: int = 0  # 0: no cap
+    hot_bytes: int = DEFAULT_HOT_BYTES  # memory for small bodies (hot_bodies); 0: none
     access: Access = field(default_factory=lambda: Access())
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import diskcache
 
 from .errors import DiskFull, IntegrityError, StoreError
+from .hot_bodies import HotBodies
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +180,11 @@ class Store:
         max_bytes: int = 0,
         clock: Callable[[], float] = time.time,
         clean_tmp: bool = True,
+        hot_bytes: int = 0,
     ) -> None:
         """Open (or create) the store. `clean_tmp` removes what a crash left in tmp/: only the process that
-        serves from the store may do that, not a tool that runs beside it."""
+        serves from the store may do that, not a tool that runs beside it. `hot_bytes`: memory for small
+        bodies answered without a disk read (see hot_bodies and `lookup_hot`); 0 keeps none."""
         self.directory = directory
         self.max_bytes = max_bytes
         self._clock = clock
@@ -192,6 +195,12 @@ class Store:
         self.full_since: float | None = None
         self._lock = threading.Lock()  # held to unlink a body, and to pin or open one
         self._evicting = threading.Lock()
+        # Guards the in-memory bookkeeping below; held only for dict operations, so the event loop may take
+        # it. Taken after `_lock` when both are needed, never the other way round.
+        self._memo_lock = threading.Lock()
+        self._hot = HotBodies(hot_bytes) if hot_bytes > 0 else None
+        self._changes = 0  # bumped after every index change this process makes: see `_offer_hot`
+        self.memory_hits = 0
         self._pinned: dict[str, float] = {}
         self._accessed: dict[str, tuple[str, float]] = {}  # key -> (digest, time): not yet in the index
         self._accessed_flushed = clock()
@@ -288,16 +297,24 @@ class Store:
         return entry
 
     def _note_access(self, key: str, digest: str, now: float) -> None:
-        with self._lock:
+        with self._memo_lock:
             self._accessed[key] = (digest, now)
-            due = len(self._accessed) >= ACCESS_BATCH or now - self._accessed_flushed > ACCESS_GRANULARITY
-        if due:
+        if self.claim_access_flush(now):
             self.flush_access_times()
+
+    def claim_access_flush(self, now: float) -> bool:
+        """True (once) when the noted access times are due to be written: the caller then runs
+        `flush_access_times`, in a worker thread if it is on the event loop."""
+        with self._memo_lock:
+            due = len(self._accessed) >= ACCESS_BATCH or now - self._accessed_flushed > ACCESS_GRANULARITY
+            if due:
+                self._accessed_flushed = now
+            return due and bool(self._accessed)
 
     def flush_access_times(self) -> None:
         """Write the access times noted since the last flush, in one transaction. An entry replaced since
         (another digest) keeps its own time. Never raises: a hit must not fail over its LRU record."""
-        with self._lock:
+        with self._memo_lock:
             pending, self._accessed = self._accessed, {}
             self._accessed_flushed = self._clock()
         if not pending or self.writes_paused():
@@ -341,14 +358,17 @@ class Store:
         """`lookup`, plus the body when it is at most `max_body` bytes: a hit on a small body then costs one
         trip to a worker thread, not two. (The body is read right after the entry is pinned: a missing file,
         removed before the pin, is a miss.)"""
+        mark = self._changes
         entry = self._pinned_entry(key, check_present=False)
         if entry is None:
             return None, None
         path = self._blob_file(entry.digest)
         try:
             if entry.size <= max_body:
-                with open(path, "rb") as body:
-                    return entry, body.read()
+                with open(path, "rb") as file:
+                    body = file.read()
+                self._offer_hot(entry, body, mark)
+                return entry, body
             if os.path.exists(path):
                 return entry, None
         except FileNotFoundError:
@@ -365,6 +385,52 @@ class Store:
                     self._index.delete(key)
         except StoreError as exc:
             logger.debug("entry %s not dropped: %s", key, exc)
+        self._changed(key)
+
+    def lookup_hot(self, key: str) -> tuple[Entry, bytes] | None:
+        """The entry and body for `key` if held in memory, else None (then use `lookup_with_body`). Never
+        waits on the disk or on `_lock`: safe on the event loop. A body whose blob another process removed
+        (`ruststash purge`) is dropped here, so a purge takes effect as it does for bodies on disk."""
+        if self._hot is None:
+            return None
+        with self._memo_lock:
+            item = self._hot.get(key)
+        if item is None:
+            return None
+        entry = item[0]
+        if not os.path.exists(self._blob_file(entry.digest)):
+            with self._memo_lock:
+                self._hot.discard(key, entry.digest)
+            return None
+        with self._memo_lock:
+            self._accessed[key] = (entry.digest, self._clock())
+            self.memory_hits += 1
+        return item
+
+    def memory_bytes(self) -> int:
+        """Bytes of bodies held in memory."""
+        with self._memo_lock:
+            return 0 if self._hot is None else self._hot.size
+
+    def _offer_hot(self, entry: Entry, body: bytes, mark: int) -> None:
+        """Hold `body` in memory unless the index changed since `mark` (read before `entry` was): a
+        lookup racing a commit must not put back a body the commit replaced. Every index change calls
+        `_changed` after writing, so what is held always matches the index or is about to be dropped."""
+        if self._hot is None:
+            return
+        with self._memo_lock:
+            if self._changes == mark:
+                self._hot.put(entry, body)
+
+    def _changed(self, *keys: str) -> int:
+        """Called after the index entries of `keys` were changed or removed: drops their bodies from
+        memory. Returns the new change mark."""
+        with self._memo_lock:
+            self._changes += 1
+            if self._hot is not None:
+                for key in keys:
+                    self._hot.discard(key)
+            return self._changes
 
     def writes_paused(self) -> bool:
         """True while the disk was found full recently: callers serve without trying to store."""
@@ -403,9 +469,10 @@ class Store:
         stored_at: float,
         lifetime: float,
         expected_digest: str | None = None,
+        body: bytes | None = None,
     ) -> Entry:
         """Make the written body a blob and point `key` at it, or raise IntegrityError (nothing stored) or
-        DiskFull (nothing stored)."""
+        DiskFull (nothing stored). `body`, when the caller holds it whole, may be kept in memory."""
         try:
             new_blob, digest = self._commit_file(writer, key, expected_digest)
         except DiskFull:
@@ -418,6 +485,10 @@ class Store:
         except DiskFull:
             self._disk_full()  # the body is in place but unreferenced: harmless, `verify` removes it
             raise
+        finally:
+            mark = self._changed(key)
+        if body is not None:
+            self._offer_hot(entry, body, mark)
         self._disk_ok()
         with self._lock:
             if new_blob:
@@ -456,7 +527,7 @@ class Store:
         try:
             entries: list[tuple[float, str, str]] = []
             references: Counter[str] = Counter()
-            with self._lock:
+            with self._memo_lock:
                 noted = dict(self._accessed)  # access times not yet written count too
             for key in list(self._index.iterkeys()):
                 raw = self._index.get(key)
@@ -477,6 +548,7 @@ class Store:
                     if self._pinned.get(digest, 0.0) > now:
                         continue  # being served right now: a client must never find its body gone
                     self._index.delete(key)
+                    self._changed(key)
                     self.evictions += 1
                     references[digest] -= 1
                     if references[digest] == 0:
@@ -501,6 +573,7 @@ class Store:
                 corrupt.append(path.name)
                 for key in referenced.get(path.name, []):
                     self._index.delete(key)
+                    self._changed(key)
                 path.unlink(missing_ok=True)
             elif path.name not in referenced and self._clock() - path.stat().st_mtime > ORPHAN_GRACE:
                 orphans += 1  # (a young one may be a commit in progress in a running proxy)
@@ -508,6 +581,7 @@ class Store:
         missing = [key for digest, keys in referenced.items() if digest not in seen for key in keys]
         for key in missing:
             self._index.delete(key)
+        self._changed(*missing)
         with self._lock:
             self._bytes = self._blob_bytes()
         return VerifyReport(checked, tuple(corrupt), tuple(missing), orphans)
@@ -525,7 +599,7 @@ class Store:
         except BaseException:
             writer.abort()
             raise
-        return self.commit(writer, key, **meta)
+        return self.commit(writer, key, body=body, **meta)
 
     def refresh(self, entry: Entry, stored_at: float, headers: tuple[tuple[str, str], ...], lifetime: float) -> Entry:
         """Record a successful revalidation: new stored time and the headers upstream sent with its 304."""
@@ -536,10 +610,13 @@ class Store:
         except DiskFull:
             self._disk_full()
             return updated  # still fresh for this answer; the stored copy keeps its old time
+        finally:
+            self._changed(entry.key)
         return updated
 
     def delete(self, key: str) -> None:
         self._index.delete(key)
+        self._changed(key)
 
     # Small facts learned from stored bodies (the sha256 a manifest gives each archive), kept apart from
     # the entries.
@@ -599,9 +676,12 @@ class Store:
             with self._meta.transact():
                 for key, value in meta.items():
                     self._meta.set(key, value)
-            with self._index.transact():
-                for entry in entries:
-                    self._index.set(entry.key, {**_entry_to_dict(entry), "accessed_at": now})
+            try:
+                with self._index.transact():
+                    for entry in entries:
+                        self._index.set(entry.key, {**_entry_to_dict(entry), "accessed_at": now})
+            finally:
+                self._changed(*(entry.key for entry in entries))
 
     def remove_entries(self, keys: list[str]) -> tuple[int, int, int]:
         """Delete these entries, then the blobs no remaining entry points at: (entries removed, blobs
@@ -613,6 +693,7 @@ class Store:
             if raw is not None and self._index.delete(key):
                 removed += 1
                 doomed.add(raw["digest"])
+        self._changed(*keys)
         if doomed:
             for entry, _ in self.entries():
                 doomed.discard(entry.digest)

@@ -1,0 +1,63 @@
+"""Small stored bodies kept in memory, most recently used first, within a byte budget.
+
+A hit on a body held here is answered on the event loop: no worker thread, no SQLite query, no file read.
+That is what several clients fetching the same crates and index files at once (CI runners behind one proxy)
+gain most from. Pure bookkeeping: the Store decides what goes in and drops what it changes or removes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store import Entry
+
+MAX_BODY = 512 * 1024  # larger bodies are read from disk (and large ones streamed)
+
+
+class HotBodies:
+    """An LRU map from cache key to (entry, body), holding at most `budget` bytes of bodies."""
+
+    def __init__(self, budget: int, max_body: int = MAX_BODY) -> None:
+        self.budget = budget
+        self.max_body = min(max_body, budget)
+        self._items: OrderedDict[str, tuple[Entry, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def size(self) -> int:
+        """Bytes of bodies held."""
+        return self._bytes
+
+    def get(self, key: str) -> tuple[Entry, bytes] | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, entry: Entry, body: bytes) -> None:
+        """Keep `body` as the body of `entry.key` if it is small enough, dropping the least recently used."""
+        self.discard(entry.key)
+        if len(body) > self.max_body or len(body) != entry.size:
+            return
+        self._items[entry.key] = (entry, body)
+        self._bytes += len(body)
+        while self._bytes > self.budget:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self._bytes -= len(dropped)
+
+    def discard(self, key: str, digest: str | None = None) -> None:
+        """Drop `key` (only if it holds the body `digest`, when given)."""
+        item = self._items.get(key)
+        if item is None or (digest is not None and item[0].digest != digest):
+            return
+        del self._items[key]
+        self._bytes -= len(item[1])
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0

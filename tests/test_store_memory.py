@@ -1,0 +1,135 @@
+"""Small bodies held in memory by the Store (`hot_bytes`): answered without the disk, and never out of step
+with the index: every change this process makes drops the held copy, and a body another process removed
+(`ruststash purge`) is not answered from memory either."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ruststash.store import ACCESS_GRANULARITY, Entry, Store
+
+META = {"status": 200, "headers": (("etag", '"x"'),), "stored_at": 1000.0, "lifetime": math.inf}
+MIB = 1024 * 1024
+
+
+def overwrite_on_disk(store: Store, entry: Entry, data: bytes) -> None:
+    """Change a blob's bytes behind the store's back: a read from disk would now see `data`."""
+    path = store.blob_path(entry.digest)
+    os.chmod(path, 0o600)
+    path.write_bytes(data)
+
+
+def test_a_stored_small_body_is_answered_from_memory(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c", hot_bytes=MIB)
+    entry = store.put("crate:k", b"hello", **META)
+    overwrite_on_disk(store, entry, b"HELLO")
+    assert store.lookup_hot("crate:k") == (entry, b"hello")
+    assert store.memory_hits == 1 and store.memory_bytes() == 5
+    assert store.lookup_hot("crate:other") is None
+
+    plain = Store(tmp_path / "plain")  # without hot_bytes nothing is held
+    plain.put("crate:k", b"hello", **META)
+    assert plain.lookup_hot("crate:k") is None and plain.memory_bytes() == 0
+
+
+def test_a_body_read_from_disk_is_held_for_the_next_hit(tmp_path: Path) -> None:
+    Store(tmp_path / "c").put("index:k", b"from an earlier run", **META)
+    store = Store(tmp_path / "c", hot_bytes=MIB)
+    assert store.lookup_hot("index:k") is None
+    entry, body = store.lookup_with_body("index:k", MIB)
+    assert body == b"from an earlier run" and entry is not None
+    assert store.lookup_hot("index:k") == (entry, body)
+
+
+def test_every_index_change_drops_the_held_body(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c", hot_bytes=MIB)
+    store.put("index:k", b"one", **META)
+    two = store.put("index:k", b"two", **META)
+    assert store.lookup_hot("index:k") == (two, b"two")
+
+    writer = store.writer()  # a streamed body: the store never holds it whole
+    writer.write(b"three")
+    three = store.commit(writer, "index:k", **META)
+    assert store.lookup_hot("index:k") is None
+    assert store.lookup_with_body("index:k", MIB) == (three, b"three")
+
+    store.refresh(three, 2000.0, (("etag", '"y"'),), 60.0)
+    assert store.lookup_hot("index:k") is None  # new metadata: read again from the index
+    refreshed, _ = store.lookup_with_body("index:k", MIB)
+    assert refreshed is not None and refreshed.etag == '"y"'
+    held = store.lookup_hot("index:k")
+    assert held is not None and held[0] == refreshed
+
+    store.delete("index:k")
+    assert store.lookup_hot("index:k") is None
+
+    store.put("crate:a", b"a", **META)
+    store.remove_entries(["crate:a"])
+    assert store.lookup_hot("crate:a") is None
+    assert store.memory_bytes() == 0
+
+
+def test_eviction_drops_held_bodies(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = Store(tmp_path / "c", max_bytes=1000, clock=lambda: now[0], hot_bytes=MIB)
+    for i in range(4):
+        now[0] += 100
+        store.put(f"crate:{i}", bytes([i]) * 300, **META)
+    assert store.evictions >= 1
+    for i in range(4):
+        if store.peek(f"crate:{i}") is None:
+            assert store.lookup_hot(f"crate:{i}") is None
+        else:
+            assert store.lookup_hot(f"crate:{i}") is not None
+
+
+def test_a_lookup_that_raced_a_commit_does_not_put_back_the_old_body(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "c", hot_bytes=MIB)
+    Store(tmp_path / "c").put("index:k", b"old", **META)  # on disk, not yet in memory
+    read_entry = store._pinned_entry
+
+    def read_then_lose_the_race(key: str, check_present: bool) -> Any:
+        found = read_entry(key, check_present)
+        store.put("index:k", b"new", **META)  # another thread commits between the read and the offer
+        return found
+
+    monkeypatch.setattr(store, "_pinned_entry", read_then_lose_the_race)
+    assert store.lookup_with_body("index:k", MIB)[1] == b"old"  # what that lookup read, served once
+    monkeypatch.undo()
+    held = store.lookup_hot("index:k")
+    assert held is not None and held[1] == b"new"
+
+
+def test_a_body_purged_by_another_process_is_not_answered_from_memory(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c", hot_bytes=MIB)
+    store.put("crate:k", b"purge me", **META)
+    store.put("crate:kept", b"keep me", **META)
+    tool = Store(tmp_path / "c", clean_tmp=False)  # `ruststash purge` beside the proxy
+    assert tool.remove_entries(["crate:k"])[1] == 1
+    assert store.lookup_hot("crate:k") is None
+    assert store.lookup_with_body("crate:k", MIB) == (None, None)
+    assert store.lookup_hot("crate:kept") is not None
+    assert store.memory_bytes() == len(b"keep me")
+
+
+def test_hits_from_memory_count_for_the_access_times(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = Store(tmp_path / "c", clock=lambda: now[0], hot_bytes=MIB)
+    store.put("crate:a", b"a", **META)
+    assert not store.claim_access_flush(now[0])  # nothing noted yet
+    now[0] += 10
+    assert store.lookup_hot("crate:a") is not None
+    assert not store.claim_access_flush(now[0])  # noted, but not due
+    now[0] += ACCESS_GRANULARITY + 1
+    assert store.claim_access_flush(now[0])
+    assert not store.claim_access_flush(now[0])  # claimed once: one flush runs
+    store.flush_access_times()
+    tool = Store(tmp_path / "c", clean_tmp=False)
+    assert dict((e.key, t) for e, t in tool.entries()) == {"crate:a": 1010.0}
