@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -46,7 +47,8 @@ from .upstream import CREDENTIAL_HEADERS, FORWARDED_REQUEST_HEADERS, Upstream, U
 
 logger = logging.getLogger(__name__)
 
-# Hits on bodies up to this size are read with their lookup, in one trip to a worker thread.
+# Hits on bodies up to this size are read with their lookup, in one trip to a worker thread. (A stored crate
+# is always served whole, so it is read with its lookup whatever its size: see `_crate`.)
 INLINE_BODY = 1024 * 1024
 # Index files that upstream says do not exist are remembered briefly (a missing crate on a slow link).
 NEGATIVE_STATUSES = (404, 410, 451)
@@ -198,12 +200,12 @@ class CacheService:
             return None
         return await asyncio.shield(task)
 
-    async def _stored(self, key: str) -> tuple[Entry | None, bytes | None]:
-        """The stored entry for `key` and, when small, its body: from memory when held there (no thread hop),
-        else from the store in a worker thread."""
+    async def _stored(self, key: str, max_body: int = INLINE_BODY) -> tuple[Entry | None, bytes | None]:
+        """The stored entry for `key` and, up to `max_body`, its body: from memory when held there (no thread
+        hop), else from the store in a worker thread."""
         held = self.store.lookup_hot(key)
         if held is None:
-            return await asyncio.to_thread(self.store.lookup_with_body, key, INLINE_BODY)
+            return await asyncio.to_thread(self.store.lookup_with_body, key, max_body)
         if self.store.claim_access_flush(self._clock()):
             spawn(asyncio.to_thread(self.store.flush_access_times), "flush access times")
         return held
@@ -302,8 +304,10 @@ class CacheService:
 
     async def _crate(self, decision: Decision, crate: CrateRef, request: ClientRequest) -> Reply:
         """Immutable: a stored copy is always served. A new one is stored only if its sha256 is the `cksum`
-        its registry's index publishes for that version; a mirror serving anything else is passed over."""
-        entry, body = await self._stored(decision.key)
+        its registry's index publishes for that version; a mirror serving anything else is passed over.
+        A stored crate is read with its lookup whatever its size: read later, a purge in between could take it
+        away."""
+        entry, body = await self._stored(decision.key, max_body=sys.maxsize)
         if entry is not None:
             return await self.answer(entry, request, Outcome.HIT, body=body)
         fetched = await self.coalesced(decision, request, False, lambda: self._fetch_crate(decision, crate, request))
