@@ -122,7 +122,11 @@ class Upstream:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=min(10.0, self._resilience.miss_timeout), sock_read=self._resilience.read_timeout
         )
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
+        # No cookie jar: a cookie upstream set in answer to one client's request would otherwise go out with
+        # every later request, other clients' included (a client's own Cookie header is forwarded as is).
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
+        )
 
     async def close(self) -> None:
         if self._session is not None:
