@@ -40,5 +40,9 @@ class StoreError(RuststashError):
     """The store could not be read or written."""
 
 
+class BodyGone(StoreError):
+    """A stored body was removed (a purge, an eviction) between its lookup and its read."""
+
+
 class DiskFull(StoreError):
     """The cache directory's filesystem is full: serve without storing until space returns."""

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import policy, sparse_index
-from .errors import DiskFull, IntegrityError, StoreError, UpstreamError
+from .errors import BodyGone, DiskFull, IntegrityError, StoreError, UpstreamError
 from .freshness import freshness_lifetime, is_fresh, not_modified, parse_cache_control
 from .inflight import Inflight
 from .metrics import Metrics
@@ -130,25 +130,34 @@ class CacheService:
 
     async def handle(self, decision: Decision, request: ClientRequest) -> Reply:
         try:
-            match decision.kind:
-                case Kind.CONFIG:
-                    reply = await self.revalidating(decision, request)
-                    await self._learn_registry(decision, request)
-                    return reply
-                case Kind.INDEX | Kind.DIST_FILE:
-                    return await self.revalidating(decision, request)
-                case Kind.CRATE:
-                    assert decision.crate is not None and decision.rule is Rule.IMMUTABLE
-                    return await self._crate(decision, decision.crate, request)
-                case Kind.MANIFEST | Kind.MANIFEST_SHA256:
-                    return await self.rust.manifest(decision, request)
-                case Kind.ARCHIVE:
-                    return await self.rust.archive(decision, request)
-                case Kind.PASS:
-                    raise ValueError("PASS requests are forwarded, not handled")
+            try:
+                return await self._carry_out(decision, request)
+            except BodyGone as exc:
+                # A purge (another process) or an eviction took the body between lookup and read: asked
+                # again, the lookup finds it gone and fetches it anew.
+                logger.info("%s; asking again", exc)
+                return await self._carry_out(decision, request)
         except StoreError as exc:
             logger.error("store failure for %s: %s", decision.key, exc)
             return error_reply(503, f"cache store unavailable: {exc}")
+
+    async def _carry_out(self, decision: Decision, request: ClientRequest) -> Reply:
+        match decision.kind:
+            case Kind.CONFIG:
+                reply = await self.revalidating(decision, request)
+                await self._learn_registry(decision, request)
+                return reply
+            case Kind.INDEX | Kind.DIST_FILE:
+                return await self.revalidating(decision, request)
+            case Kind.CRATE:
+                assert decision.crate is not None and decision.rule is Rule.IMMUTABLE
+                return await self._crate(decision, decision.crate, request)
+            case Kind.MANIFEST | Kind.MANIFEST_SHA256:
+                return await self.rust.manifest(decision, request)
+            case Kind.ARCHIVE:
+                return await self.rust.archive(decision, request)
+            case Kind.PASS:
+                raise ValueError("PASS requests are forwarded, not handled")
 
     def lifetime(self, decision: Decision, cache_control: str | None) -> float:
         if decision.rule is Rule.IMMUTABLE:

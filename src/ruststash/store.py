@@ -26,7 +26,7 @@ from typing import Any
 
 import diskcache
 
-from .errors import DiskFull, IntegrityError, StoreError
+from .errors import BodyGone, DiskFull, IntegrityError, StoreError
 from .hot_bodies import HotBodies
 
 logger = logging.getLogger(__name__)
@@ -447,8 +447,11 @@ class Store:
             self.full_since = None
 
     def read(self, entry: Entry) -> bytes:
+        """The body of `entry`; BodyGone if it was removed since the entry was looked up."""
         try:
             return self.blob_path(entry.digest).read_bytes()
+        except FileNotFoundError as exc:
+            raise BodyGone(f"the body of {entry.key} was removed while it was being answered") from exc
         except OSError as exc:
             raise StoreError(f"cannot read blob {entry.digest}: {exc.strerror or exc}") from exc
 
