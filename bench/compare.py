@@ -82,6 +82,7 @@ class Scenario:
     fault: str | None = None  # "throttle", "hang" or "gone"
     clients: int = 1
     what: str = ""
+    primed: bool = False  # the same proxy served the workload once (untimed) just before: a long-running proxy
 
     @property
     def direct_name(self) -> str:
@@ -98,6 +99,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("warm-throttled", "ruststash", True, "throttle", what="warm; upstream delayed and rate-capped"),
         Scenario("cold-throttled", "ruststash", False, "throttle", what="empty cache; upstream throttled"),
         Scenario("warm-hung", "ruststash", True, "hang", what="warm; upstream accepts and never answers"),
+        Scenario("warm-primed", "ruststash", True, primed=True, what="warm; the proxy served this workload once"),
         Scenario("direct-c4", "direct", clients=4, what="4 clients at once, no proxy"),
         Scenario("warm-c4", "ruststash", True, clients=4, what="4 clients at once, each its own home"),
         Scenario("direct-c8", "direct", clients=8, what="8 clients at once, no proxy"),
@@ -105,6 +107,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("squid-cold", "squid", what="Squid ssl-bump, empty cache"),
         Scenario("squid-warm", "squid", True, what="Squid, cache filled beforehand"),
         Scenario("squid-warm-gone", "squid", True, "gone", what="Squid warm; origins stopped"),
+        Scenario("squid-warm-primed", "squid", True, primed=True, what="Squid warm; it served this workload once"),
         Scenario("squid-warm-c4", "squid", True, clients=4, what="Squid warm, 4 clients"),
         Scenario("squid-warm-c8", "squid", True, clients=8, what="Squid warm, 8 clients"),
     )
@@ -451,19 +454,20 @@ class Proxied:
     url: str
     ca: Path
     pid: int
-    access: Callable[[], tuple[int, Counter[str], tuple[int, float] | None]]  # requests, outcomes, largest hit
+    # (requests, outcomes, largest hit) of the requests after the first `since`
+    access: Callable[[int], tuple[int, Counter[str], tuple[int, float] | None]]
 
 
-def ruststash_access(proxy: ProxyProcess) -> tuple[int, Counter[str], tuple[int, float] | None]:
-    records = read_access(proxy.log())
+def ruststash_access(proxy: ProxyProcess, since: int = 0) -> tuple[int, Counter[str], tuple[int, float] | None]:
+    records = read_access(proxy.log())[since:]
     hits = [(int(r.fields.get("bytes", "0") or 0), r.ms) for r in records if r.outcome == "HIT"]
     return len(records), Counter(r.outcome for r in records), max(hits, default=None)
 
 
-def squid_access(squid: SquidProcess) -> tuple[int, Counter[str], tuple[int, float] | None]:
+def squid_access(squid: SquidProcess, since: int = 0) -> tuple[int, Counter[str], tuple[int, float] | None]:
     lines = [line.split() for line in squid.access()]
     # Leave out the CONNECT lines and the "NONE_NONE/000" line of a connection closed between requests.
-    requests = [f for f in lines if len(f) > 6 and f[5] != "CONNECT" and not f[3].endswith("/000")]
+    requests = [f for f in lines if len(f) > 6 and f[5] != "CONNECT" and not f[3].endswith("/000")][since:]
     outcomes = Counter(f[3].split("/")[0] for f in requests)
     hits = [(int(f[4]), float(f[1])) for f in requests if "HIT" in f[3] and f[4].isdigit()]
     return len(requests), outcomes, max(hits, default=None)
@@ -492,7 +496,7 @@ class Bench:
         try:
             proxy.start()
             assert proxy.process is not None
-            yield Proxied(proxy.url, proxy.bundle, proxy.process.pid, lambda: ruststash_access(proxy))
+            yield Proxied(proxy.url, proxy.bundle, proxy.process.pid, lambda since: ruststash_access(proxy, since))
         finally:
             code: int | None
             try:
@@ -513,7 +517,7 @@ class Bench:
         try:
             squid.start()
             assert squid.pid is not None
-            yield Proxied(squid.url, self.squid_ca.cert_pem, squid.pid, lambda: squid_access(squid))
+            yield Proxied(squid.url, self.squid_ca.cert_pem, squid.pid, lambda since: squid_access(squid, since))
         finally:
             code = squid.stop()
             if code not in (0, -15):
@@ -588,6 +592,12 @@ class Bench:
             clients = [
                 workload.proxied_client(root / f"c{i}", proxied.url, proxied.ca) for i in range(scenario.clients)
             ]
+            since = 0
+            if scenario.primed:
+                primer = workload.proxied_client(root / "primer", proxied.url, proxied.ca)
+                if error := primer():
+                    raise RuntimeError(f"priming {scenario.via} for {workload.name} failed: {error}")
+                since = proxied.access(0)[0]
             if scenario.fault:
                 workload.set_fault(scenario.fault)
             workload.reset_counts()
@@ -597,7 +607,7 @@ class Bench:
             cpu_after = tree_cpu_seconds(proxied.pid)
             peak = proc_status_kib(proxied.pid, "VmHWM")
             self._stop_profile(profiler)
-            requests, outcomes, largest_hit = proxied.access()
+            requests, outcomes, largest_hit = proxied.access(since)
         # The proxy is stopped: end hangs so the origin records those requests, then count.
         workload.restore()
         run = Run(not error, wall, error, requests, outcomes, peak_kib=peak, largest_hit=largest_hit)
@@ -781,6 +791,7 @@ def evaluate_targets(rows: list[Row]) -> list[Verdict]:
                 )
             )
     pairs = [("cold", "squid-cold"), ("warm", "squid-warm"), ("warm-gone", "squid-warm-gone")]
+    pairs += [("warm-primed", "squid-warm-primed")]
     pairs += [("warm-c4", "squid-warm-c4"), ("warm-c8", "squid-warm-c8")]
     compared, slower = [], []
     for w in sorted({r.workload for r in rows}):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ruststash.settings import DEFAULT_HOT_BYTES
 from tests.conftest import ProxyFactory
 from tests.harness import ProxyProcess
 from tests.origins.clients import write_consumer
@@ -64,7 +65,7 @@ def test_metrics_after_cargo_traffic(
     assert value(after, "ruststash_upstream_up", upstream=crates_origin.index_url) == 1
     # The warm run's crates were stored by the cold run moments before: answered from memory.
     assert value(after, "ruststash_memory_cache_hits_total") >= crate_misses
-    assert 0 < value(after, "ruststash_memory_cache_bytes") <= 32 * 1024 * 1024
+    assert 0 < value(after, "ruststash_memory_cache_bytes") <= DEFAULT_HOT_BYTES
 
     with urllib.request.urlopen(f"http://127.0.0.1:{proxy.admin_port}/api/stats", timeout=10) as response:
         stats = json.loads(response.read())

@@ -17,6 +17,7 @@ from . import __version__, ca
 from .errors import ConfigError, RuststashError
 from .settings import (
     DEFAULT_ADMIN_LISTEN,
+    DEFAULT_HOT_BYTES,
     DEFAULT_LISTEN,
     Access,
     HostPort,
@@ -200,7 +201,7 @@ def _resilience_options[F: Callable[..., object]](command: F) -> F:
     envvar="RUSTSTASH_MEMORY_CACHE",
     show_envvar=True,
     metavar="SIZE",
-    default="32MiB",
+    default=f"{DEFAULT_HOT_BYTES // 2**20}MiB",
     show_default=True,
     help="Memory for small bodies (up to 512 KiB each) answered without reading the disk; 0 for none.",
 )

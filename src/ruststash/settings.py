@@ -14,7 +14,7 @@ from .errors import ConfigError
 DEFAULT_CACHE_HOSTS = ("index.crates.io", "static.crates.io", "crates.io", "static.rust-lang.org")
 DEFAULT_LISTEN = "127.0.0.1:3128"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9128"
-DEFAULT_HOT_BYTES = 32 * 1024 * 1024
+DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
