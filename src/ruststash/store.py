@@ -388,9 +388,9 @@ class Store:
         self._changed(key)
 
     def lookup_hot(self, key: str) -> tuple[Entry, bytes] | None:
-        """The entry and body for `key` if held in memory, else None (then use `lookup_with_body`). Never
-        waits on the disk or on `_lock`: safe on the event loop. A body whose blob another process removed
-        (`ruststash purge`) is dropped here, so a purge takes effect as it does for bodies on disk."""
+        """The entry and body for `key` if held in memory, else None (then use `lookup_with_body`). Costs one
+        `stat` and never waits on `_lock` or a worker thread: safe on the event loop. A body whose blob another
+        process removed (`ruststash purge`) is dropped here, so a purge takes effect as it does on disk."""
         if self._hot is None:
             return None
         with self._memo_lock:
