@@ -57,7 +57,3 @@ class HotBodies:
             return
         del self._items[key]
         self._bytes -= len(item[1])
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._bytes = 0
