@@ -479,7 +479,7 @@ class Bench:
         self.keep = keep
         self.timeout = timeout
         self.profile = profile
-        self.profiled = False
+        self.profiled: set[str] = set()  # workloads profiled already
         self.tls = make_origin_tls(workdir / "tls")
         self.squid_ca: SquidCA | None = None
         self.ssl_db = workdir / "squid-ssl-db"
@@ -616,19 +616,19 @@ class Bench:
         run.upstream_requests, run.upstream_bytes = workload.upstream(direct=False)
         return run
 
-    # ---- profiling (py-spy, once: the first warm run of the first cargo-type workload)
+    # ---- profiling (py-spy: the first warm run of each workload)
 
     def _start_profile(
         self, workload: Workload, scenario: Scenario, number: int, pid: int
     ) -> subprocess.Popen[bytes] | None:
-        if self.profile is None or self.profiled or scenario.name != "warm" or workload.name == "rustup":
+        if self.profile is None or workload.name in self.profiled or scenario.name != "warm":
             return None
+        self.profiled.add(workload.name)
         py_spy = Path(sys.executable).parent / "py-spy"
         if not py_spy.exists():
-            self.profile_notes.append("py-spy not found next to the Python interpreter: no profile")
-            self.profiled = True
+            if not self.profile_notes:
+                self.profile_notes.append("py-spy not found next to the Python interpreter: no profile")
             return None
-        self.profiled = True
         self.profile.mkdir(parents=True, exist_ok=True)
         out = self.profile / f"{workload.name}-warm-{number}.collapsed"
         command = [str(py_spy), "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--threads"]
@@ -949,7 +949,9 @@ def main(argv: list[str] | None = None) -> int:
         "--archive-mib", type=parse_archive_mib, default=dict(DEFAULT_ARCHIVE_MIB), help="rustc=70,rust-std=30,cargo=10"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="timeout of each client command, seconds")
-    parser.add_argument("--profile", type=Path, help="py-spy the proxy during the first cargo warm run; output here")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the proxy during the first warm run of each workload; output here"
+    )
     parser.add_argument("--registry-cache", type=Path, default=REGISTRY_CACHE)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to append to")
     parser.add_argument("--no-write", action="store_true", help="print the report only")
