@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import trustme
+from OpenSSL import SSL
 
 with warnings.catch_warnings():  # mitmproxy's addons import pyparsing and ldap3 code that warns of deprecations
     warnings.simplefilter("ignore", DeprecationWarning)
     from mitmproxy import connection, exceptions, http, options
     from mitmproxy.http import HTTPFlow
     from mitmproxy.master import Master
+    from mitmproxy.proxy import commands
     from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
+    from mitmproxy.proxy.layers.tls import TLSLayer
 
 from ruststash import mitm_tuning
 
@@ -98,3 +106,74 @@ async def test_update_runs_only_where_an_addon_has_it(master: Master) -> None:
     master.addons.add(Updating("u", calls))
     await master.addons.handle_lifecycle(HttpRequestHook(flow))
     assert calls == ["a:request", "u:update 1"]
+
+
+class LogListener(Named):
+    def add_log(self, entry: Any) -> None:
+        self.calls.append(f"{self.name}:add_log {entry.msg.split()[-1]}")
+
+
+async def test_without_legacy_log_events_log_records_no_longer_become_hooks() -> None:
+    # Made here, not in a fixture: mitmproxy's handler only passes records logged in the test phase
+    # (setup, call) it was made in.
+    mitm_tuning.install()
+    master = Master(options.Options(), with_termlog=False)
+    calls: list[str] = []
+    master.addons.add(LogListener("listener", calls))
+    other = Master(options.Options(), with_termlog=False)  # another master's handler is not ours to remove
+    try:
+        logging.getLogger("ruststash.test").warning("before")
+        await asyncio.sleep(0.05)  # the hook is triggered through call_soon_threadsafe
+        assert "listener:add_log before" in calls
+
+        mitm_tuning.without_legacy_log_events(master)
+        logging.getLogger("ruststash.test").warning("after")
+        await asyncio.sleep(0.05)
+        assert not any(call.endswith(" after") for call in calls)
+        assert other._legacy_log_events in logging.getLogger().handlers
+        assert master._legacy_log_events not in logging.getLogger().handlers
+    finally:
+        other._legacy_log_events.uninstall()
+        master._legacy_log_events.uninstall()
+
+
+def handshaken_pair() -> tuple[SSL.Connection, SSL.Connection]:
+    """A TLS server and client in memory-BIO mode (as mitmproxy uses OpenSSL), handshake done."""
+    authority = trustme.CA()
+    cert = authority.issue_cert("index.crates.io")
+    server_context = SSL.Context(SSL.TLS_METHOD)
+    cert.configure_cert(server_context)  # type: ignore[no-untyped-call]
+    client_context = SSL.Context(SSL.TLS_METHOD)
+    authority.configure_trust(client_context)  # type: ignore[no-untyped-call]
+    server, client = SSL.Connection(server_context), SSL.Connection(client_context)
+    server.set_accept_state()
+    client.set_connect_state()
+    for _ in range(10):
+        for side in (client, server):
+            with contextlib.suppress(SSL.WantReadError):
+                side.do_handshake()
+        for source, sink in ((client, server), (server, client)):
+            with contextlib.suppress(SSL.WantReadError):
+                sink.bio_write(source.bio_read(1 << 20))
+    return server, client
+
+
+def test_a_large_write_leaves_the_tls_layer_in_one_piece_that_the_peer_decrypts() -> None:
+    mitm_tuning.install()
+    server, client = handshaken_pair()
+    layer = SimpleNamespace(
+        tls=server,
+        conn=connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0.0),
+    )
+    body = os.urandom(256 * 1024)  # one read of a large hit from the blob server
+    server.sendall(body)
+
+    sent = list(TLSLayer.tls_interact(layer))  # type: ignore[arg-type]
+
+    assert [type(command) for command in sent] == [commands.SendData]  # mitmproxy's own: five 64 KiB pieces
+    client.bio_write(sent[0].data)
+    received = b""
+    with contextlib.suppress(SSL.WantReadError):
+        while len(received) < len(body):
+            received += client.recv(1 << 20)
+    assert received == body

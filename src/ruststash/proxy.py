@@ -132,6 +132,7 @@ async def serve(settings: Settings) -> None:
     metrics = Metrics(CollectorRegistry(), upstreams=known)
     async with running_service(settings, metrics) as (service, upstream_map), serving_blobs() as blobs:
         master = Master(options.Options(), with_termlog=False)
+        mitm_tuning.without_legacy_log_events(master)
         master.addons.add(
             core.Core(),
             block.Block(),
