@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -221,6 +223,30 @@ def test_crates_answered_from_memory_are_refetched_once_purged(
     sandbox(tmp_path / "after-purge", proxy).run(["fetch"], project)
     assert sorted(crate_downloads(crates_origin)) == sorted(fetched)
     assert outcomes(proxy, seen).get("MISS", set()) >= set(fetched)
+
+
+def test_a_restarted_proxy_answers_the_last_runs_crates_from_memory(
+    tmp_path: Path, start_proxy: ProxyFactory, crates_origin: FakeCratesIo, origin_tls: OriginTLS
+) -> None:
+    """A proxy started on a filled cache reads the small bodies used last into memory: a CI runner's
+    sidecar, started anew for each job on a kept cache, answers the crates from memory the first time."""
+    first = start_proxy(upstream_args(crates_origin, origin_tls), name="first")
+    project = consumer(tmp_path, crates_origin.registry)
+    sandbox(tmp_path / "cold", first).run(["fetch"], project)
+    fetched = crate_downloads(crates_origin)
+    assert fetched
+    assert first.stop() in (0, -15)
+
+    again = start_proxy(upstream_args(crates_origin, origin_tls), name="again", cache_dir=first.cache_dir)
+    deadline = time.monotonic() + 30
+    while "memory cache:" not in again.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert re.search(r"memory cache: \d+ stored bodies", again.log()), again.log()[-2000:]
+    crates_origin.reset_counts()
+    sandbox(tmp_path / "warm", again).run(["fetch"], project)
+    assert crate_downloads(crates_origin) == []
+    assert outcomes(again, 0).get("HIT", set()) >= set(fetched)
+    assert memory_hits(again) >= len(fetched)  # without the fill, each was read from disk first
 
 
 def memory_hits(proxy: ProxyProcess) -> int:

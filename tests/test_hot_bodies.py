@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ruststash.hot_bodies import HotBodies
+from ruststash.hot_bodies import HotBodies, choose_for_memory
 from ruststash.store import Entry
 
 
@@ -43,3 +43,27 @@ def test_a_new_body_for_a_key_replaces_the_old_and_discard_can_name_the_body() -
     hot.discard("k", new.digest)
     assert hot.get("k") is None and hot.size == 0
     hot.discard("missing")
+
+
+def test_a_start_up_fill_goes_behind_what_clients_used_and_never_drops_anything() -> None:
+    hot = HotBodies(budget=300, max_body=200)
+    hot.put(entry("asked", b"a" * 100), b"a" * 100)
+    assert hot.put_if_room(entry("old", b"o" * 100), b"o" * 100)
+    assert not hot.put_if_room(entry("asked", b"A" * 100), b"A" * 100)  # held already: left as it is
+    assert not hot.put_if_room(entry("too-big", b"t" * 150), b"t" * 150)  # would need a drop
+    assert not hot.put_if_room(entry("short", b"s" * 10), b"s" * 9)
+    assert hot.get("asked") == (entry("asked", b"a" * 100), b"a" * 100)
+    hot.put(entry("new", b"n" * 150), b"n" * 150)  # the filled one is the least recently used
+    assert hot.get("old") is None and hot.get("asked") is not None and hot.get("new") is not None
+
+
+def test_the_fill_takes_the_most_recently_used_small_entries_that_fit() -> None:
+    candidates = [
+        (entry("older", b"1" * 100), 10.0),
+        (entry("newest", b"2" * 100), 30.0),
+        (entry("large", b"3" * 500), 40.0),  # over max_body: never
+        (entry("middle", b"4" * 150), 20.0),  # does not fit beside "newest": skipped, smaller ones may
+        (entry("tiny", b"5" * 10), 5.0),
+    ]
+    chosen = choose_for_memory(candidates, budget=220, max_body=200)
+    assert [e.key for e in chosen] == ["newest", "older", "tiny"]

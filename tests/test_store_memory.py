@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,47 @@ def test_hits_from_memory_count_for_the_access_times(tmp_path: Path) -> None:
     store.flush_access_times()
     tool = Store(tmp_path / "c", clean_tmp=False)
     assert dict((e.key, t) for e, t in tool.entries()) == {"crate:a": 1010.0}
+
+
+def test_a_new_process_reads_the_most_recently_used_small_bodies_into_memory(tmp_path: Path) -> None:
+    now = [1000.0]
+    earlier = Store(tmp_path / "c", clock=lambda: now[0])
+    for key in ("crate:old", "crate:used", "crate:new"):
+        now[0] += 100
+        earlier.put(key, key.encode() * 1000, **META)
+    earlier.put("crate:large", b"x" * (2 * MIB), **META)  # larger than any body held in memory
+    now[0] += ACCESS_GRANULARITY + 1
+    assert earlier.lookup("crate:old") is not None  # used last: ranks first
+    earlier.close()
+
+    store = Store(tmp_path / "c", hot_bytes=20_000)  # room for two of the three small bodies
+    asked = store.lookup_with_body("crate:new", MIB)  # a client was faster than the fill: held already
+    assert asked[1] is not None
+    assert store.fill_memory(threading.Event()) == (1, len(b"crate:old") * 1000)
+    assert store.lookup_hot("crate:old") == (store.peek("crate:old"), b"crate:old" * 1000)
+    assert store.lookup_hot("crate:new") == asked
+    assert store.lookup_hot("crate:used") is None and store.lookup_hot("crate:large") is None
+
+
+def test_the_fill_skips_what_changed_and_stops_when_told(tmp_path: Path) -> None:
+    Store(tmp_path / "c").put("index:k", b"stored", **META)
+    store = Store(tmp_path / "c", hot_bytes=MIB)
+    stop = threading.Event()
+    stop.set()
+    assert store.fill_memory(stop) == (0, 0) and store.memory_bytes() == 0
+
+    peek = store.peek
+
+    def revalidated_meanwhile(key: str) -> Entry | None:  # a change lands between the fill's read and its put
+        found = peek(key)
+        assert found is not None
+        store.refresh(found, 2000.0, (("etag", '"y"'),), math.inf)
+        return found
+
+    store.peek = revalidated_meanwhile  # type: ignore[method-assign]
+    assert store.fill_memory(threading.Event()) == (0, 0)  # it would hold the entry as it was before
+    store.peek = peek  # type: ignore[method-assign]
+    assert store.lookup_hot("index:k") is None
+    assert store.fill_memory(threading.Event()) == (1, 6)
+    held = store.lookup_hot("index:k")
+    assert held is not None and held[0].etag == '"y"'

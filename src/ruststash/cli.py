@@ -203,7 +203,8 @@ def _resilience_options[F: Callable[..., object]](command: F) -> F:
     metavar="SIZE",
     default=f"{DEFAULT_HOT_BYTES // 2**20}MiB",
     show_default=True,
-    help="Memory for small bodies (up to 512 KiB each) answered without reading the disk; 0 for none.",
+    help="Memory for small bodies (up to 512 KiB each) answered without reading the disk, filled at start with "
+    "those used most recently; 0 for none.",
 )
 @_resilience_options
 @click.option(

@@ -8,6 +8,7 @@ gain most from. Pure bookkeeping: the Store decides what goes in and drops what 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -50,6 +51,17 @@ class HotBodies:
             _, (_, dropped) = self._items.popitem(last=False)
             self._bytes -= len(dropped)
 
+    def put_if_room(self, entry: Entry, body: bytes) -> bool:
+        """Keep `body` as the least recently used item if it fits without dropping anything and `entry.key`
+        is not held already (what clients asked for since ranks above what a start-up fill reads)."""
+        size = len(body)
+        if entry.key in self._items or size > self.max_body or size != entry.size or self._bytes + size > self.budget:
+            return False
+        self._items[entry.key] = (entry, body)
+        self._items.move_to_end(entry.key, last=False)
+        self._bytes += size
+        return True
+
     def discard(self, key: str, digest: str | None = None) -> None:
         """Drop `key` (only if it holds the body `digest`, when given)."""
         item = self._items.get(key)
@@ -57,3 +69,16 @@ class HotBodies:
             return
         del self._items[key]
         self._bytes -= len(item[1])
+
+
+def choose_for_memory(candidates: Iterable[tuple[Entry, float]], budget: int, max_body: int) -> list[Entry]:
+    """Which stored entries a new process reads into memory: the most recently used (the float: when last
+    served or stored) of those small enough, as many as fit in `budget`; most recent first."""
+    small = sorted(((at, entry) for entry, at in candidates if entry.size <= max_body), key=lambda c: -c[0])
+    chosen: list[Entry] = []
+    room = budget
+    for _, entry in small:
+        if entry.size <= room:
+            chosen.append(entry)
+            room -= entry.size
+    return chosen

@@ -9,6 +9,8 @@ import errno
 import logging
 import signal
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator
 
 import prometheus_client
@@ -28,6 +30,7 @@ from .metrics import Metrics
 from .service import CacheService
 from .settings import HostPort, Settings
 from .store import Store
+from .tasks import spawn
 from .upstream import Upstream, UpstreamMap, make_ssl_context
 
 logger = logging.getLogger(__name__)
@@ -86,15 +89,32 @@ async def running_service(settings: Settings, metrics: Metrics) -> AsyncIterator
     )
     upstream.response_times.restore(await asyncio.to_thread(store.meta_items, response_times.META_PREFIX))
     await upstream.start()
+    stop_filling = threading.Event()
+    filling = spawn(fill_memory(store, stop_filling), "fill the memory cache")
     try:
         yield CacheService(store, upstream, settings.cache_hosts, settings.resilience, metrics), upstream_map
     finally:
+        stop_filling.set()
+        await asyncio.wait([filling])  # it stops at its next body; the store must not close under it
         await upstream.close()
         try:
             await asyncio.to_thread(store.put_meta, upstream.response_times.to_meta())
         except StoreError as exc:
             logger.warning("upstream answer times not kept for the next start: %s", exc)
         await asyncio.to_thread(store.close)
+
+
+async def fill_memory(store: Store, stop: threading.Event) -> None:
+    """Read the bodies the last run used most into memory (Store.fill_memory), beside the serving."""
+    began = time.monotonic()
+    count, size = await asyncio.to_thread(store.fill_memory, stop)
+    if count:
+        logger.info(
+            "memory cache: %d stored bodies (%.1f MiB) read from disk in %.1f s",
+            count,
+            size / 2**20,
+            time.monotonic() - began,
+        )
 
 
 def egress_policy(settings: Settings, upstream_map: UpstreamMap, blobs: BlobServer) -> EgressPolicy:

@@ -27,7 +27,7 @@ from typing import Any
 import diskcache
 
 from .errors import BodyGone, DiskFull, IntegrityError, StoreError
-from .hot_bodies import HotBodies
+from .hot_bodies import HotBodies, choose_for_memory
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +159,8 @@ PIN_SECONDS = 30.0
 # Eviction, once the cap is passed, goes down to this fraction of it, so it does not run on every commit.
 EVICT_TO = 0.9
 ORPHAN_GRACE = 60.0
+# At most this long reading bodies into memory at start (`fill_memory`)
+FILL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -406,6 +408,41 @@ class Store:
             self._accessed[key] = (entry.digest, self._clock())
             self.memory_hits += 1
         return item
+
+    def fill_memory(self, stop: threading.Event, max_seconds: float = FILL_SECONDS) -> tuple[int, int]:
+        """Read into memory the small bodies used most recently (as `hot_bodies.choose_for_memory` picks
+        them), behind whatever clients were answered from memory since the start: a proxy restarted on a
+        filled cache then answers them as one that kept running would. For a worker thread, beside the
+        serving; stops at `stop` or after `max_seconds`. Returns (bodies, bytes) read."""
+        hot = self._hot
+        if hot is None:
+            return 0, 0
+        ends = time.monotonic() + max_seconds
+        count = size = 0
+        try:
+            scanned: list[tuple[Entry, float]] = []
+            for item in self.entries():
+                if stop.is_set() or time.monotonic() > ends:
+                    return 0, 0
+                scanned.append(item)
+            for chosen in choose_for_memory(scanned, hot.budget, hot.max_body):
+                if stop.is_set() or time.monotonic() > ends:
+                    break
+                mark = self._changes  # as in `lookup_with_body`: read before the entry
+                entry = self.peek(chosen.key)
+                if entry is None or entry.digest != chosen.digest:
+                    continue
+                try:
+                    with open(self._blob_file(entry.digest), "rb") as file:
+                        body = file.read()
+                except FileNotFoundError:
+                    continue
+                with self._memo_lock:
+                    if self._changes == mark and hot.put_if_room(entry, body):
+                        count, size = count + 1, size + len(body)
+        except (OSError, sqlite3.Error) as exc:
+            logger.warning("stopped reading stored bodies into memory: %s", exc)
+        return count, size
 
     def memory_bytes(self) -> int:
         """Bytes of bodies held in memory."""
