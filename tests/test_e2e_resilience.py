@@ -103,6 +103,14 @@ def cargo_user(tmp_path: Path, proxy: ProxyProcess, registry: Registry) -> tuple
     return sandbox(tmp_path / "client", proxy), write_consumer(tmp_path / "project", registry.consumer_deps())
 
 
+def warm_cargo_user(
+    tmp_path: Path, start_proxy: ProxyFactory, crates: FakeCratesIo, template: Path, args: list[str]
+) -> tuple[ProxyProcess, CargoSandbox, Path]:
+    """A proxy started with `args` on a copy of the warm cache, and a cargo user of it."""
+    proxy = start_proxy(args, cache_dir=copy_cache(template, tmp_path))
+    return (proxy, *cargo_user(tmp_path, proxy, crates.registry))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_warm_cargo_succeeds_from_cache_whatever_upstream_does(
     mode: str,
@@ -112,10 +120,8 @@ def test_warm_cargo_succeeds_from_cache_whatever_upstream_does(
     warm_crates_cache: Path,
     origin_tls: OriginTLS,
 ) -> None:
-    proxy = start_proxy(
-        [*upstream_args(faulty_crates, origin_tls), *FAST], cache_dir=copy_cache(warm_crates_cache, tmp_path)
-    )
-    box, project = cargo_user(tmp_path, proxy, faulty_crates.registry)
+    args = [*upstream_args(faulty_crates, origin_tls), *FAST]
+    proxy, box, project = warm_cargo_user(tmp_path, start_proxy, faulty_crates, warm_crates_cache, args)
     apply_fault(faulty_crates, mode)
     box.run(["generate-lockfile"], project)
     box.run(["fetch"], project)
@@ -138,8 +144,7 @@ def test_a_hung_upstream_is_waited_for_once_then_the_cache_answers_at_once(
     (hung refreshes would otherwise take every pooled connection). Once the host answers in time again,
     revalidation resumes."""
     args = [*upstream_args(faulty_crates, origin_tls), "--stale-after", "1", "--breaker-threshold", "1000"]
-    proxy = start_proxy(args, cache_dir=copy_cache(warm_crates_cache, tmp_path))
-    box, project = cargo_user(tmp_path, proxy, faulty_crates.registry)
+    proxy, box, project = warm_cargo_user(tmp_path, start_proxy, faulty_crates, warm_crates_cache, args)
     faulty_crates.set_fault("/", "hang")
     box.run(["generate-lockfile"], project)
     revalidated = [r for r in proxy.access() if not r["path"].startswith("/crates/")]
