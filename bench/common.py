@@ -3,10 +3,16 @@ written in their reports."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+
+from tests.origins.crates_io import FakeCratesIo
+from tests.origins.registry import index_path
+from tests.origins.tls import OriginTLS
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -15,6 +21,30 @@ MIB = 1024 * 1024
 WORKLOADS_DIR = Path(
     os.environ.get("RUSTSTASH_WORKLOADS") or Path(__file__).resolve().parents[2] / "shared" / "workloads"
 )
+
+
+def crates_body_sizes(origin: FakeCratesIo) -> dict[str, int]:
+    """URL path -> length of the 200 body a fake crates.io sends for it (to count bytes from upstream)."""
+    sizes: dict[str, int] = {"/config.json": len(json.dumps(origin.config).encode())}
+    by_path: Counter[str] = Counter()
+    for crate in origin.registry.crates:
+        by_path["/" + index_path(crate.name)] += len(crate.index_line()) + 1
+        sizes[crate.download_path] = crate.size
+        sizes[f"/crates/{crate.name}/{crate.filename}"] = crate.size
+    sizes.update(by_path)
+    return sizes
+
+
+def crates_upstream_args(origin: FakeCratesIo, tls: OriginTLS) -> list[str]:
+    """`ruststash serve` options that send crates.io's two hosts to a fake crates.io."""
+    return [
+        "--upstream",
+        f"index.crates.io={origin.index_url}",
+        "--upstream",
+        f"static.crates.io={origin.static_url}",
+        "--upstream-ca",
+        str(tls.ca_pem),
+    ]
 
 
 def size_text(n: float) -> str:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import shutil
 import signal
@@ -50,14 +49,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench.common import KIB, MIB, WORKLOADS_DIR, machine_line, publish, size_text
+from bench.common import (
+    KIB,
+    MIB,
+    WORKLOADS_DIR,
+    crates_body_sizes,
+    crates_upstream_args,
+    machine_line,
+    publish,
+    size_text,
+)
 from bench.memory import DEFAULT_OUTPUT, machine_description, proc_status_kib
 from bench.slow_upstream import read_access
 from bench.squid import Peer, SquidCA, SquidProcess, copy_cache, squid_available, squid_version
 from tests.harness import ProxyProcess
 from tests.origins.clients import CargoSandbox, source_replacement_toml, write_consumer
 from tests.origins.crates_io import DIRECT_DL, FakeCratesIo
-from tests.origins.registry import Registry, build_registry, index_path, spec_from_lockfile
+from tests.origins.registry import Registry, build_registry, spec_from_lockfile
 from tests.origins.rustlang import FakeRustDist, PublishedRelease
 from tests.origins.rustup_client import make_rustup_client
 from tests.origins.tls import OriginTLS, make_origin_tls
@@ -281,28 +289,11 @@ class CargoWorkload(Workload):
         # Behind a proxy: index files max-age=0 with validators, so each warm index request is a revalidation.
         self.origin = FakeCratesIo(registry, tls, index_cache_control="public,max-age=0")
         self.direct_origin = FakeCratesIo(registry, tls, dl=DIRECT_DL, index_cache_control="public,max-age=0")
-        self.sizes = self._body_sizes()
+        self.sizes = crates_body_sizes(self.origin)
         self.deps = registry.consumer_deps()
 
-    def _body_sizes(self) -> dict[str, int]:
-        sizes: dict[str, int] = {"/config.json": len(json.dumps(self.origin.config).encode())}
-        by_path: dict[str, int] = Counter()
-        for crate in self.registry.crates:
-            by_path["/" + index_path(crate.name)] += len(crate.index_line()) + 1
-            sizes[crate.download_path] = crate.size
-            sizes[f"/crates/{crate.name}/{crate.filename}"] = crate.size
-        sizes.update(by_path)
-        return sizes
-
     def proxy_args(self) -> list[str]:
-        return [
-            "--upstream",
-            f"index.crates.io={self.origin.index_url}",
-            "--upstream",
-            f"static.crates.io={self.origin.static_url}",
-            "--upstream-ca",
-            str(self.tls.ca_pem),
-        ]
+        return crates_upstream_args(self.origin, self.tls)
 
     def peers(self) -> list[Peer]:
         return [

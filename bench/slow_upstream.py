@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import re
 import shutil
 import statistics
@@ -44,12 +43,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import KIB, WORKLOADS_DIR, machine_line, publish, size_text
+from bench.common import KIB, WORKLOADS_DIR, crates_body_sizes, crates_upstream_args, machine_line, publish, size_text
 from bench.memory import DEFAULT_OUTPUT, cpu_seconds, machine_description
 from tests.harness import ProxyProcess, proxy_client_env
 from tests.origins.clients import CargoSandbox, source_replacement_toml, write_consumer
 from tests.origins.crates_io import DIRECT_DL, FakeCratesIo, RequestRecord
-from tests.origins.registry import Registry, build_registry, index_path, spec_from_lockfile
+from tests.origins.registry import Registry, build_registry, spec_from_lockfile
 from tests.origins.tls import OriginTLS, make_origin_tls
 
 # Default link rate per workload (KiB/s), chosen so a cold throttled run stays well inside the proxy's
@@ -198,7 +197,7 @@ class Bench:
         # Behind the proxy: index files never fresh, validators ignored, so each warm index request meets
         # upstream (and its fault) with a full body.
         self.origin = FakeCratesIo(registry, self.tls, index_cache_control="public,max-age=0", conditional=False)
-        self.sizes = self._body_sizes()
+        self.sizes = crates_body_sizes(self.origin)
         self.template: Path | None = None
         self.fill_seconds: float | None = None
         self.fill_outcomes: Counter[str] = Counter()
@@ -208,29 +207,8 @@ class Bench:
         self.origin.close()
         self.direct_origin.close()
 
-    def _body_sizes(self) -> dict[str, int]:
-        """URL path -> length of the 200 body the origins send for it (to count bytes from upstream)."""
-        sizes: dict[str, int] = {"/config.json": len(json.dumps(self.origin.config).encode())}
-        for name in self.registry.names():
-            path = "/" + index_path(name)
-            lines = [c.index_line() + b"\n" for c in self.registry.crates if index_path(c.name) == path[1:]]
-            sizes[path] = len(b"".join(lines))
-        for crate in self.registry.crates:
-            sizes[crate.download_path] = crate.size
-            sizes[f"/crates/{crate.name}/{crate.filename}"] = crate.size
-        return sizes
-
     def proxy_args(self) -> list[str]:
-        return [
-            "--upstream",
-            f"index.crates.io={self.origin.index_url}",
-            "--upstream",
-            f"static.crates.io={self.origin.static_url}",
-            "--upstream-ca",
-            str(self.tls.ca_pem),
-            "--stale-after",
-            f"{self.settings.stale_after:g}",
-        ]
+        return [*crates_upstream_args(self.origin, self.tls), "--stale-after", f"{self.settings.stale_after:g}"]
 
     # ---- cargo
 
