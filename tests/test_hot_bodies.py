@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from random import Random
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ruststash.hot_bodies import HotBodies, choose_for_memory
 from ruststash.store import Entry
@@ -57,13 +61,34 @@ def test_a_start_up_fill_goes_behind_what_clients_used_and_never_drops_anything(
     assert hot.get("old") is None and hot.get("asked") is not None and hot.get("new") is not None
 
 
-def test_the_fill_takes_the_most_recently_used_small_entries_that_fit() -> None:
-    candidates = [
-        (entry("older", b"1" * 100), 10.0),
-        (entry("newest", b"2" * 100), 30.0),
-        (entry("large", b"3" * 500), 40.0),  # over max_body: never
-        (entry("middle", b"4" * 150), 20.0),  # does not fit beside "newest": skipped, smaller ones may
-        (entry("tiny", b"5" * 10), 5.0),
+def test_the_fill_takes_the_most_recently_used_small_entries_while_they_fit() -> None:
+    candidates = [  # (key, size, last used), in the store's key order
+        ("older", 100, 10.0),
+        ("newest", 100, 30.0),
+        ("large", 500, 40.0),  # over max_body: never
+        ("middle", 100, 20.0),
+        ("oldest", 10, 5.0),  # would fit, but comes after one that does not
     ]
-    chosen = choose_for_memory(candidates, budget=220, max_body=200)
-    assert [e.key for e in chosen] == ["newest", "older", "tiny"]
+    assert choose_for_memory(candidates, budget=220, max_body=200) == ["newest", "middle"]
+    assert choose_for_memory(candidates, budget=310, max_body=200) == ["newest", "middle", "older", "oldest"]
+    assert choose_for_memory(candidates, budget=99, max_body=200) == []
+    assert choose_for_memory(iter(candidates), budget=10_000, max_body=1000)[0] == "large"  # any iterable
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=300), max_size=40),
+    budget=st.integers(min_value=0, max_value=2000),
+    seed=st.randoms(use_true_random=False),
+)
+def test_the_streamed_choice_is_the_newest_run_that_fits(sizes: list[int], budget: int, seed: Random) -> None:
+    """Whatever the order the store yields them in: the entries sorted newest first, taken while they fit."""
+    used = list(range(len(sizes)))
+    seed.shuffle(used)  # distinct times of last use
+    candidates = [(f"k{i}", size, float(at)) for i, (size, at) in enumerate(zip(sizes, used, strict=True))]
+    expected, room = [], budget
+    for key, size, _ in sorted((c for c in candidates if c[1] <= 200), key=lambda c: -c[2]):
+        if size > room:
+            break
+        expected.append(key)
+        room -= size
+    assert choose_for_memory(candidates, budget, max_body=200) == expected

@@ -7,6 +7,8 @@ gain most from. Pure bookkeeping: the Store decides what goes in and drops what 
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -71,14 +73,19 @@ class HotBodies:
         self._bytes -= len(item[1])
 
 
-def choose_for_memory(candidates: Iterable[tuple[Entry, float]], budget: int, max_body: int) -> list[Entry]:
-    """Which stored entries a new process reads into memory: the most recently used (the float: when last
-    served or stored) of those small enough, as many as fit in `budget`; most recent first."""
-    small = sorted(((at, entry) for entry, at in candidates if entry.size <= max_body), key=lambda c: -c[0])
-    chosen: list[Entry] = []
-    room = budget
-    for _, entry in small:
-        if entry.size <= room:
-            chosen.append(entry)
-            room -= entry.size
-    return chosen
+def choose_for_memory(candidates: Iterable[tuple[str, int, float]], budget: int, max_body: int) -> list[str]:
+    """Which stored entries a new process reads into memory, from (key, size, last used) of each:
+    the most recently used of those up to `max_body`, newest first, as long as they fit in `budget` together.
+    Streams: holds no more than fit, however many entries the store has."""
+    kept: list[tuple[float, int, str, int]] = []  # a heap, least recently used first
+    total = 0
+    cutoff = -math.inf  # when the most recently used entry left out was used: older ones stay out too
+    for order, (key, size, used) in enumerate(candidates):
+        if size > max_body or used <= cutoff:
+            continue
+        heapq.heappush(kept, (used, order, key, size))
+        total += size
+        while total > budget:
+            cutoff, _, _, dropped = heapq.heappop(kept)
+            total -= dropped
+    return [key for *_, key, _ in sorted(kept, reverse=True)]

@@ -420,17 +420,13 @@ class Store:
         ends = time.monotonic() + max_seconds
         count = size = 0
         try:
-            scanned: list[tuple[Entry, float]] = []
-            for item in self.entries():
-                if stop.is_set() or time.monotonic() > ends:
-                    return 0, 0
-                scanned.append(item)
-            for chosen in choose_for_memory(scanned, hot.budget, hot.max_body):
+            chosen = choose_for_memory(self._small_entries(stop, ends, hot.max_body), hot.budget, hot.max_body)
+            for key in chosen:
                 if stop.is_set() or time.monotonic() > ends:
                     break
                 mark = self._changes  # as in `lookup_with_body`: read before the entry
-                entry = self.peek(chosen.key)
-                if entry is None or entry.digest != chosen.digest:
+                entry = self.peek(key)
+                if entry is None:
                     continue
                 try:
                     with open(self._blob_file(entry.digest), "rb") as file:
@@ -440,9 +436,19 @@ class Store:
                 with self._memo_lock:
                     if self._changes == mark and hot.put_if_room(entry, body):
                         count, size = count + 1, size + len(body)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             logger.warning("stopped reading stored bodies into memory: %s", exc)
         return count, size
+
+    def _small_entries(self, stop: threading.Event, ends: float, max_body: int) -> Iterator[tuple[str, int, float]]:
+        """(key, size, last used) of each entry up to `max_body`, read one at a time (a large store
+        is never listed whole), until `stop` or the monotonic time `ends`."""
+        for key in self._index.iterkeys():
+            if stop.is_set() or time.monotonic() > ends:
+                return
+            raw: dict[str, Any] | None = self._index.get(key)
+            if raw is not None and raw["size"] <= max_body:
+                yield key, raw["size"], float(raw.get("accessed_at", raw["stored_at"]))
 
     def memory_bytes(self) -> int:
         """Bytes of bodies held in memory."""
