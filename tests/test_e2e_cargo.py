@@ -13,10 +13,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ruststash.hot_bodies import MAX_BODY
 from tests.conftest import ProxyFactory
 from tests.harness import ProxyProcess, proxy_client_env, proxy_process_env, ruststash_command
 from tests.origins.clients import CargoSandbox, clean_env, locked_versions, write_consumer
@@ -225,11 +227,21 @@ def test_crates_answered_from_memory_are_refetched_once_purged(
     assert outcomes(proxy, seen).get("MISS", set()) >= set(fetched)
 
 
+@pytest.fixture
+def revalidating_origin(edge_registry: Registry, origin_tls: OriginTLS) -> Iterator[FakeCratesIo]:
+    """A fake crates.io whose index files are never fresh (`max-age=0`, as crates.io's): every request for
+    one is a revalidation."""
+    origin = FakeCratesIo(edge_registry, origin_tls, index_cache_control="public,max-age=0")
+    yield origin
+    origin.close()
+
+
 def test_a_restarted_proxy_answers_the_last_runs_crates_from_memory(
-    tmp_path: Path, start_proxy: ProxyFactory, crates_origin: FakeCratesIo, origin_tls: OriginTLS
+    tmp_path: Path, start_proxy: ProxyFactory, revalidating_origin: FakeCratesIo, origin_tls: OriginTLS
 ) -> None:
     """A proxy started on a filled cache reads the small bodies used last into memory: a CI runner's
     sidecar, started anew for each job on a kept cache, answers the crates from memory the first time."""
+    crates_origin = revalidating_origin
     first = start_proxy(upstream_args(crates_origin, origin_tls), name="first")
     project = consumer(tmp_path, crates_origin.registry)
     sandbox(tmp_path / "cold", first).run(["fetch"], project)
@@ -247,6 +259,16 @@ def test_a_restarted_proxy_answers_the_last_runs_crates_from_memory(
     assert crate_downloads(crates_origin) == []
     assert outcomes(again, 0).get("HIT", set()) >= set(fetched)
     assert memory_hits(again) >= len(fetched)  # without the fill, each was read from disk first
+
+    # Revalidated answers stay in memory, also those whose new metadata is written to the index (this
+    # origin's config.json: its Last-Modified moves on with every answer), so the next runner is answered
+    # from memory, all but what is too large to be held.
+    seen, before = len(again.access()), memory_hits(again)
+    sandbox(tmp_path / "next-job", again).run(["fetch"], project)
+    answered = again.access()[seen:]
+    assert {r["outcome"] for r in answered} == {"HIT", "REVALIDATED"}, answered
+    small = [r for r in answered if int(r["bytes"]) <= MAX_BODY]  # the registry has one larger index file
+    assert small and memory_hits(again) - before == len(small)
 
 
 def memory_hits(proxy: ProxyProcess) -> int:

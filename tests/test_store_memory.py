@@ -59,12 +59,16 @@ def test_every_index_change_drops_the_held_body(tmp_path: Path) -> None:
     assert store.lookup_hot("index:k") is None
     assert store.lookup_with_body("index:k", MIB) == (three, b"three")
 
-    store.refresh(three, 2000.0, (("etag", '"y"'),), 60.0)
-    assert store.lookup_hot("index:k") is None  # new metadata: read again from the index
-    refreshed, _ = store.lookup_with_body("index:k", MIB)
-    assert refreshed is not None and refreshed.etag == '"y"'
-    held = store.lookup_hot("index:k")
-    assert held is not None and held[0] == refreshed
+    overwrite_on_disk(store, three, b"THREE")  # a revalidation keeps the body: no read from disk after it
+    refreshed = store.refresh(three, 2000.0, (("etag", '"y"'),), 60.0)
+    assert refreshed.etag == '"y"' and store.peek("index:k") == refreshed
+    assert store.lookup_hot("index:k") == (refreshed, b"three")
+
+    # A revalidation of an entry the key no longer holds (its answer arrived after a newer commit) writes
+    # that entry back: the body held for the newer one goes.
+    older = store.refresh(two, 3000.0, (("etag", '"z"'),), 60.0)
+    assert store.lookup_hot("index:k") is None
+    assert store.lookup_with_body("index:k", MIB) == (older, b"two")
 
     store.delete("index:k")
     assert store.lookup_hot("index:k") is None

@@ -655,10 +655,26 @@ class Store:
                 self._index.set(entry.key, _entry_to_dict(updated))
         except DiskFull:
             self._disk_full()
-            return updated  # still fresh for this answer; the stored copy keeps its old time
-        finally:
             self._changed(entry.key)
+            return updated  # still fresh for this answer; the stored copy keeps its old time
+        except BaseException:
+            self._changed(entry.key)
+            raise
+        self._refreshed(updated)
         return updated
+
+    def _refreshed(self, updated: Entry) -> None:
+        """`_changed` for a revalidation, which keeps the body: a body held for the same digest stays held
+        with the new entry (an index file is revalidated on every request; dropping it would send the next
+        request to the disk). A body of another digest is dropped as after any change."""
+        with self._memo_lock:
+            self._changes += 1
+            if self._hot is None:
+                return
+            held = self._hot.get(updated.key)
+            self._hot.discard(updated.key)
+            if held is not None and held[0].digest == updated.digest:
+                self._hot.put(updated, held[1])
 
     def delete(self, key: str) -> None:
         self._index.delete(key)
