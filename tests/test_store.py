@@ -68,6 +68,21 @@ def test_refresh_updates_time_and_headers(tmp_path: Path) -> None:
     assert found is not None and found.stored_at == 2000.0 and found.etag == '"y"' and found.lifetime == 300.0
 
 
+def test_a_refresh_that_arrives_after_a_newer_download_or_a_purge_changes_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c")
+    old = store.put("index:k", b"old body", **{**META, "lifetime": 600.0})
+    new = store.put("index:k", b"new body", **{**META, "lifetime": 600.0})  # finished while old was revalidated
+    answered = store.refresh(old, 2000.0, (("etag", '"y"'),), 300.0)
+    assert answered.digest == old.digest and answered.stored_at == 2000.0  # still good for that one answer
+    assert store.peek("index:k") == new
+    entry, body = store.lookup_with_body("index:k", 1 << 20)
+    assert entry == new and body == b"new body"
+
+    store.remove_entries(["index:k"])  # `ruststash purge` in another process
+    store.refresh(new, 3000.0, (("etag", '"z"'),), 300.0)
+    assert store.peek("index:k") is None
+
+
 def test_refuses_other_formats_and_foreign_directories(tmp_path: Path) -> None:
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "FORMAT").write_text("ruststash-store 0\n")

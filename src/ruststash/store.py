@@ -648,10 +648,15 @@ class Store:
         return self.commit(writer, key, body=body, **meta)
 
     def refresh(self, entry: Entry, stored_at: float, headers: tuple[tuple[str, str], ...], lifetime: float) -> Entry:
-        """Record a successful revalidation: new stored time and the headers upstream sent with its 304."""
+        """Record a successful revalidation: new stored time and the headers upstream sent with its 304. If
+        the key was pointed at another body or removed since `entry` was read (a download or a purge that
+        finished first), that change stands: the index is left as it is."""
         updated = replace(entry, stored_at=stored_at, headers=headers, lifetime=lifetime)
         try:
-            with disk_errors():
+            with disk_errors(), self._index.transact():
+                current: dict[str, Any] | None = self._index.get(entry.key)
+                if current is None or current["digest"] != entry.digest:
+                    return updated  # still good for this answer
                 self._index.set(entry.key, _entry_to_dict(updated))
         except DiskFull:
             self._disk_full()
