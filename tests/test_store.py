@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,39 @@ def test_a_vanished_body_is_a_miss_and_its_entry_goes_whatever_its_size(tmp_path
     assert store.lookup_with_body("crate:large", 50) == (None, None)  # too large to read along: checked
     assert store.peek("index:small") is None and store.peek("crate:large") is None
     assert store.lookup_with_body("crate:large", 50) == (None, None)
+
+
+class ReleaseHook:
+    """A lock that runs `hook` once, right after the first release made while `store` is evicting."""
+
+    def __init__(self, store: Store, hook: Callable[[], object]) -> None:
+        self._lock = threading.Lock()
+        self._store = store
+        self._hook: Callable[[], object] | None = hook
+
+    def __enter__(self) -> ReleaseHook:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        if self._hook is not None and self._store._evicting.locked():
+            hook, self._hook = self._hook, None
+            hook()
+
+
+def test_a_commit_that_lands_as_an_eviction_finishes_is_made_room_for(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = Store(tmp_path / "c", max_bytes=1000, clock=lambda: now[0])
+    for i in range(3):
+        now[0] += 10
+        store.put(f"crate:{i}", bytes([i]) * 300, **META)
+    # The next commit passes the cap; just as its eviction has decided (down to 900 bytes) and let go of
+    # the store's lock, another commit lands: its own eviction finds one running and leaves it the work.
+    store._lock = ReleaseHook(store, lambda: store.put("crate:late", b"L" * 300, **META))  # type: ignore[assignment]
+    now[0] += 10
+    store.put("crate:3", b"3" * 300, **META)
+    assert store.usage()[0] <= 1000, "the late commit left the store over its cap"
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "c" / "blobs").rglob("*") if p.is_file())
+    assert on_disk <= 1000
+    assert store.peek("crate:late") is not None and store.peek("crate:3") is not None

@@ -197,6 +197,7 @@ class Store:
         self.full_since: float | None = None
         self._lock = threading.Lock()  # held to unlink a body, and to pin or open one
         self._evicting = threading.Lock()
+        self._evict_wanted = False
         # Guards the in-memory bookkeeping below; held only for dict operations, so the event loop may take
         # it. Taken after `_lock` when both are needed, never the other way round.
         self._memo_lock = threading.Lock()
@@ -563,44 +564,55 @@ class Store:
         return new_blob, digest
 
     def _evict(self) -> None:
+        """Make room (`_evict_pass`) once the cap is passed. One pass runs at a time; a commit that lands
+        while one runs asks for another, which the running one does before it stops: that pass's list of
+        entries was read before the commit, so it could end with the store still over the cap."""
+        self._evict_wanted = True
+        while self._evict_wanted:
+            if not self._evicting.acquire(blocking=False):
+                return  # the pass running now sees the request before it lets go
+            try:
+                while self._evict_wanted:
+                    self._evict_wanted = False
+                    if self._bytes > self.max_bytes:
+                        self._evict_pass()
+            finally:
+                self._evicting.release()
+
+    def _evict_pass(self) -> None:
         """Drop least recently used entries until the store is under EVICT_TO of its cap. An entry goes
         before its blob, and a blob only when no entry points at it: a crash in between leaves at worst an
         unreferenced blob, never an entry without its body. (A channel manifest's .sha256 is computed from
         the stored .toml, so the pair cannot be split.) The index is read without `_lock` (lookups go on);
         deciding and removing happen under it, so a body pinned or opened under it is never taken away."""
-        if not self._evicting.acquire(blocking=False):
-            return  # another commit's eviction is already making room
-        try:
-            entries: list[tuple[float, str, str]] = []
-            references: Counter[str] = Counter()
-            with self._memo_lock:
-                noted = dict(self._accessed)  # access times not yet written count too
-            for key in list(self._index.iterkeys()):
-                raw = self._index.get(key)
-                if raw is None:
-                    continue
-                used = raw.get("accessed_at", raw["stored_at"])
-                if key in noted and noted[key][0] == raw["digest"]:
-                    used = max(used, noted[key][1])
-                entries.append((used, key, raw["digest"]))
-                references[raw["digest"]] += 1
-            entries.sort()
-            goal = self.max_bytes * EVICT_TO
-            with self._lock:
-                now = self._clock()
-                for _, key, digest in entries:
-                    if self._bytes <= goal:
-                        break
-                    if self._pinned.get(digest, 0.0) > now:
-                        continue  # being served right now: a client must never find its body gone
-                    self._index.delete(key)
-                    self._changed(key)
-                    self.evictions += 1
-                    references[digest] -= 1
-                    if references[digest] == 0:
-                        self._bytes -= _unlink_size(self._blob_file(digest)) or 0
-        finally:
-            self._evicting.release()
+        entries: list[tuple[float, str, str]] = []
+        references: Counter[str] = Counter()
+        with self._memo_lock:
+            noted = dict(self._accessed)  # access times not yet written count too
+        for key in list(self._index.iterkeys()):
+            raw = self._index.get(key)
+            if raw is None:
+                continue
+            used = raw.get("accessed_at", raw["stored_at"])
+            if key in noted and noted[key][0] == raw["digest"]:
+                used = max(used, noted[key][1])
+            entries.append((used, key, raw["digest"]))
+            references[raw["digest"]] += 1
+        entries.sort()
+        goal = self.max_bytes * EVICT_TO
+        with self._lock:
+            now = self._clock()
+            for _, key, digest in entries:
+                if self._bytes <= goal:
+                    break
+                if self._pinned.get(digest, 0.0) > now:
+                    continue  # being served right now: a client must never find its body gone
+                self._index.delete(key)
+                self._changed(key)
+                self.evictions += 1
+                references[digest] -= 1
+                if references[digest] == 0:
+                    self._bytes -= _unlink_size(self._blob_file(digest)) or 0
 
     def verify(self) -> VerifyReport:
         """Re-hash every blob. Corrupt blobs are removed with the entries that point at them, entries whose
