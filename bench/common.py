@@ -12,7 +12,6 @@ from pathlib import Path
 
 from tests.origins.crates_io import FakeCratesIo
 from tests.origins.registry import index_path
-from tests.origins.tls import OriginTLS
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -33,18 +32,6 @@ def crates_body_sizes(origin: FakeCratesIo) -> dict[str, int]:
         sizes[f"/crates/{crate.name}/{crate.filename}"] = crate.size
     sizes.update(by_path)
     return sizes
-
-
-def crates_upstream_args(origin: FakeCratesIo, tls: OriginTLS) -> list[str]:
-    """`ruststash serve` options that send crates.io's two hosts to a fake crates.io."""
-    return [
-        "--upstream",
-        f"index.crates.io={origin.index_url}",
-        "--upstream",
-        f"static.crates.io={origin.static_url}",
-        "--upstream-ca",
-        str(tls.ca_pem),
-    ]
 
 
 def size_text(n: float) -> str:

@@ -54,7 +54,6 @@ from bench.common import (
     MIB,
     WORKLOADS_DIR,
     crates_body_sizes,
-    crates_upstream_args,
     machine_line,
     publish,
     size_text,
@@ -64,7 +63,7 @@ from bench.slow_upstream import read_access
 from bench.squid import Peer, SquidCA, SquidProcess, copy_cache, squid_available, squid_version
 from tests.harness import ProxyProcess
 from tests.origins.clients import CargoSandbox, source_replacement_toml, write_consumer
-from tests.origins.crates_io import DIRECT_DL, FakeCratesIo
+from tests.origins.crates_io import DIRECT_DL, FakeCratesIo, proxy_upstream_args
 from tests.origins.registry import Registry, build_registry, spec_from_lockfile
 from tests.origins.rustlang import FakeRustDist, PublishedRelease
 from tests.origins.rustup_client import make_rustup_client
@@ -293,7 +292,7 @@ class CargoWorkload(Workload):
         self.deps = registry.consumer_deps()
 
     def proxy_args(self) -> list[str]:
-        return crates_upstream_args(self.origin, self.tls)
+        return proxy_upstream_args(self.origin, self.tls)
 
     def peers(self) -> list[Peer]:
         return [

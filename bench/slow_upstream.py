@@ -43,11 +43,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import KIB, WORKLOADS_DIR, crates_body_sizes, crates_upstream_args, machine_line, publish, size_text
+from bench.common import KIB, WORKLOADS_DIR, crates_body_sizes, machine_line, publish, size_text
 from bench.memory import DEFAULT_OUTPUT, cpu_seconds, machine_description
 from tests.harness import ProxyProcess, proxy_client_env
 from tests.origins.clients import CargoSandbox, source_replacement_toml, write_consumer
-from tests.origins.crates_io import DIRECT_DL, FakeCratesIo, RequestRecord
+from tests.origins.crates_io import DIRECT_DL, FakeCratesIo, RequestRecord, proxy_upstream_args
 from tests.origins.registry import Registry, build_registry, spec_from_lockfile
 from tests.origins.tls import OriginTLS, make_origin_tls
 
@@ -208,7 +208,7 @@ class Bench:
         self.direct_origin.close()
 
     def proxy_args(self) -> list[str]:
-        return [*crates_upstream_args(self.origin, self.tls), "--stale-after", f"{self.settings.stale_after:g}"]
+        return [*proxy_upstream_args(self.origin, self.tls), "--stale-after", f"{self.settings.stale_after:g}"]
 
     # ---- cargo
 

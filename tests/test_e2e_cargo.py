@@ -23,21 +23,11 @@ from tests.conftest import ProxyFactory
 from tests.harness import ProxyProcess, proxy_client_env, proxy_process_env, ruststash_command
 from tests.origins.clients import CargoSandbox, clean_env, locked_versions, write_consumer
 from tests.origins.crates_io import FakeCratesIo, corrupted
+from tests.origins.crates_io import proxy_upstream_args as upstream_args
 from tests.origins.registry import Registry
 from tests.origins.tls import OriginTLS
 
 pytestmark = pytest.mark.e2e
-
-
-def upstream_args(origin: FakeCratesIo, tls: OriginTLS) -> list[str]:
-    return [
-        "--upstream",
-        f"index.crates.io={origin.index_url}",
-        "--upstream",
-        f"static.crates.io={origin.static_url}",
-        "--upstream-ca",
-        str(tls.ca_pem),
-    ]
 
 
 def sandbox(root: Path, proxy: ProxyProcess) -> CargoSandbox:

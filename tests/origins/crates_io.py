@@ -412,3 +412,15 @@ async def _throttled(stream: web.StreamResponse, body: bytes, chunk: int, link: 
         await stream.write_eof()
     except ConnectionError:  # the client went away mid-body: record it as unanswered
         raise NoResponse() from None
+
+
+def proxy_upstream_args(origin: FakeCratesIo, tls: OriginTLS) -> list[str]:
+    """`ruststash serve` options that send crates.io's two hosts to `origin` (whose certificates `tls` made)."""
+    return [
+        "--upstream",
+        f"index.crates.io={origin.index_url}",
+        "--upstream",
+        f"static.crates.io={origin.static_url}",
+        "--upstream-ca",
+        str(tls.ca_pem),
+    ]
