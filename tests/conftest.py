@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gc
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +57,20 @@ def start_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
         if code not in (0, -15) or "Traceback" in log:
             problems.append(f"{proxy.workdir.name}: exit code {code}\n{log[-4000:]}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_socket_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that ran sockets in this process (an origin, an event loop), collect garbage: a transport it
+    left open then fails that test with a ResourceWarning (warnings are errors), not whichever test the
+    collector happens to run in minutes later (CI once failed a pure-logic test that way)."""
+    yield
+    if (
+        request.node.get_closest_marker("e2e") is not None
+        or "origin_tls" in request.fixturenames
+        or inspect.iscoroutinefunction(getattr(request, "function", None))
+    ):
+        gc.collect()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -113,7 +113,10 @@ class ProxyProcess:
                         return self
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"ruststash did not become healthy:\n{self.log()}")
+        process, self.process = self.process, None
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"ruststash did not become healthy within {PROXY_START_TIMEOUT:.0f} s:\n{self.log()}")
 
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit code."""
