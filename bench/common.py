@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from tests.harness import ProxyProcess
 from tests.origins.crates_io import FakeCratesIo
 from tests.origins.registry import index_path
 
@@ -80,3 +81,18 @@ def publish(report: str, failure: str, output: Path, write: bool, ok: bool, afte
         append_report(output, report)
         print(f"appended to {output}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def stop_proxy(proxy: ProxyProcess, label: str) -> str | None:
+    """Stop a benchmarked `ruststash serve`. A warning for the report if it did not exit cleanly (after 15 s
+    of SIGTERM, with a non-zero code, or with a traceback in its log), whose log tail then goes to stderr."""
+    code: int | None
+    try:
+        code = proxy.stop()
+    except RuntimeError as exc:
+        return f"{label}: {exc}"
+    log = proxy.log()
+    if code in (0, -15) and "Traceback" not in log:
+        return None
+    print(f"warning: ruststash {label} exited with {code}; log tail:\n{log[-2000:]}", file=sys.stderr, flush=True)
+    return f"{label}: ruststash exited with {code}"

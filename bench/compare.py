@@ -57,6 +57,7 @@ from bench.common import (
     machine_line,
     publish,
     size_text,
+    stop_proxy,
 )
 from bench.memory import DEFAULT_OUTPUT, machine_description, proc_status_kib
 from bench.slow_upstream import read_access
@@ -501,16 +502,8 @@ class Bench:
             assert proxy.process is not None
             yield Proxied(proxy.url, proxy.bundle, proxy.process.pid, lambda since: ruststash_access(proxy, since))
         finally:
-            code: int | None
-            try:
-                code = proxy.stop()
-            except RuntimeError as exc:
-                code = None
-                self.warnings.append(f"{root.name}: {exc}")
-            log = proxy.log()
-            if code not in (0, -15) or "Traceback" in log:
-                self.warnings.append(f"{workload.name} {root.name}: ruststash exited with {code}")
-                print(f"warning: ruststash {root.name} exited with {code}; log tail:\n{log[-1500:]}", flush=True)
+            if (warning := stop_proxy(proxy, f"{workload.name} {root.name}")) is not None:
+                self.warnings.append(warning)
 
     @contextlib.contextmanager
     def squid(self, workload: Workload, root: Path, cache: Path | None) -> Iterator[Proxied]:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.common import MIB, machine_line, publish
+from bench.common import MIB, machine_line, publish, stop_proxy
 from tests.harness import ProxyProcess
 from tests.origins.rustlang import FakeRustDist
 from tests.origins.tls import OriginTLS, make_origin_tls
@@ -443,10 +443,7 @@ class Bench:
         try:
             yield proxy
         finally:
-            code = proxy.stop()
-            log = proxy.log()
-            if code not in (0, -15) or "Traceback" in log:
-                print(f"warning: proxy {root.name} exited with {code}; log tail:\n{log[-2000:]}", file=sys.stderr)
+            stop_proxy(proxy, root.name)  # a warning goes to stderr with the log tail
             if not self.keep:
                 shutil.rmtree(root / "cache", ignore_errors=True)
 

@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import KIB, WORKLOADS_DIR, crates_body_sizes, machine_line, publish, size_text
+from bench.common import KIB, WORKLOADS_DIR, crates_body_sizes, machine_line, publish, size_text, stop_proxy
 from bench.memory import DEFAULT_OUTPUT, cpu_seconds, machine_description
 from tests.harness import ProxyProcess, proxy_client_env
 from tests.origins.clients import CargoSandbox, source_replacement_toml, write_consumer
@@ -239,16 +239,8 @@ class Bench:
         try:
             yield proxy
         finally:
-            code: int | None
-            try:
-                code = proxy.stop()
-            except RuntimeError as exc:
-                code = None
-                self.warnings.append(f"{root.name}: {exc}")
-            log = proxy.log()
-            if code not in (0, -15) or "Traceback" in log:
-                self.warnings.append(f"{root.name}: proxy exited with {code}")
-                print(f"warning: proxy {root.name} exited with {code}; log tail:\n{log[-2000:]}", file=sys.stderr)
+            if (warning := stop_proxy(proxy, root.name)) is not None:
+                self.warnings.append(warning)
 
     def fill(self) -> None:
         """Fill a cache once with an unfaulted cold run (not part of any scenario's figures)."""
