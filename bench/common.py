@@ -84,15 +84,17 @@ def publish(report: str, failure: str, output: Path, write: bool, ok: bool, afte
 
 
 def stop_proxy(proxy: ProxyProcess, label: str) -> str | None:
-    """Stop a benchmarked `ruststash serve`. A warning for the report if it did not exit cleanly (after 15 s
-    of SIGTERM, with a non-zero code, or with a traceback in its log), whose log tail then goes to stderr."""
-    code: int | None
+    """Stop a benchmarked `ruststash serve`. If it did not exit cleanly (within 15 s of SIGTERM, with code 0
+    or -15 and no traceback in its log): a warning for the report, also printed to stderr with its log tail."""
     try:
         code = proxy.stop()
+        problem = None if code in (0, -15) else f"exited with {code}"
     except RuntimeError as exc:
-        return f"{label}: {exc}"
+        problem = str(exc)
     log = proxy.log()
-    if code in (0, -15) and "Traceback" not in log:
+    if problem is None and "Traceback" in log:
+        problem = "logged a traceback"
+    if problem is None:
         return None
-    print(f"warning: ruststash {label} exited with {code}; log tail:\n{log[-2000:]}", file=sys.stderr, flush=True)
-    return f"{label}: ruststash exited with {code}"
+    print(f"warning: ruststash {label} {problem}; log tail:\n{log[-2000:]}", file=sys.stderr, flush=True)
+    return f"{label}: ruststash {problem}"

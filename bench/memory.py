@@ -443,7 +443,7 @@ class Bench:
         try:
             yield proxy
         finally:
-            stop_proxy(proxy, root.name)  # a warning goes to stderr with the log tail
+            stop_proxy(proxy, root.name)  # a problem is printed with the log tail
             if not self.keep:
                 shutil.rmtree(root / "cache", ignore_errors=True)
 
