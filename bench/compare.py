@@ -483,7 +483,7 @@ class Bench:
         self.keep = keep
         self.timeout = timeout
         self.profile = profile
-        self.profiled: set[str] = set()  # workloads profiled already
+        self.profiled: set[tuple[str, str]] = set()  # (workload, scenario) profiled already
         self.tls = make_origin_tls(workdir / "tls")
         self.squid_ca: SquidCA | None = None
         self.ssl_db = workdir / "squid-ssl-db"
@@ -631,26 +631,28 @@ class Bench:
             return None
         return int(fields[1]), float(fields[2])
 
-    # ---- profiling (py-spy: the first warm run of each workload)
+    # ---- profiling (py-spy: the first run of each warm ruststash scenario of each workload)
 
     def _start_profile(
         self, workload: Workload, scenario: Scenario, number: int, pid: int
     ) -> subprocess.Popen[bytes] | None:
-        if self.profile is None or workload.name in self.profiled or scenario.name != "warm":
+        key = (workload.name, scenario.name)
+        if self.profile is None or key in self.profiled or scenario.via != "ruststash" or not scenario.warm:
             return None
-        self.profiled.add(workload.name)
+        self.profiled.add(key)
         py_spy = Path(sys.executable).parent / "py-spy"
         if not py_spy.exists():
             if not self.profile_notes:
                 self.profile_notes.append("py-spy not found next to the Python interpreter: no profile")
             return None
         self.profile.mkdir(parents=True, exist_ok=True)
-        out = self.profile / f"{workload.name}-warm-{number}.collapsed"
+        out = self.profile / f"{workload.name}-{scenario.name}-{number}.collapsed"
         command = [str(py_spy), "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--threads"]
         command += ["--output", str(out)]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # let py-spy attach before the clients start
-        self.profile_notes.append(f"py-spy record ({' '.join(command[1:])}) during {workload.name} warm #{number}")
+        during = f"{workload.name} {scenario.name} #{number}"
+        self.profile_notes.append(f"py-spy record ({' '.join(command[1:])}) during {during}")
         return process
 
     def _stop_profile(self, process: subprocess.Popen[bytes] | None) -> None:
@@ -967,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="timeout of each client command, seconds")
     parser.add_argument(
-        "--profile", type=Path, help="py-spy the proxy during the first warm run of each workload; output here"
+        "--profile", type=Path, help="py-spy the proxy in the first run of each warm ruststash scenario; output here"
     )
     parser.add_argument("--registry-cache", type=Path, default=REGISTRY_CACHE)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to append to")
