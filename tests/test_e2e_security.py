@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +26,8 @@ from tests.origins.tls import OriginTLS
 from tests.test_e2e_cargo import sandbox, upstream_args
 
 pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_listening_beyond_loopback_must_be_asked_for(tmp_path: Path) -> None:
@@ -111,6 +117,32 @@ def test_egress_guard_denies_private_tunnels_but_cached_hosts_still_work(
     box = sandbox(tmp_path / "client", proxy)
     box.run(["generate-lockfile"], project)
     box.run(["fetch"], project)
+
+
+def test_deny_private_tunnels_connects_to_the_address_it_checked(tmp_path: Path) -> None:
+    """DNS rebinding: a name that is public when checked and internal a moment later, or that does not
+    resolve when checked, must not reach the internal address (tests/netns_rebinding.py sets the scene in a
+    network namespace of its own, with its own name server)."""
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("ip")):
+        pytest.fail("this test needs root, unshare (util-linux) and ip (iproute2)")
+    scenario = [
+        "unshare",
+        "--net",
+        "--mount",
+        "--propagation",
+        "private",
+        sys.executable,
+        "-m",
+        "tests.netns_rebinding",
+    ]
+    result = subprocess.run(
+        [*scenario, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["answers"] == {"rebind.test": "public", "late.test": ""}, report["log"]
+    assert report["a_queries"] == {"rebind.test": 1, "late.test": 1}, "each name is looked up once, for the check"
+    assert "late.test does not resolve and --deny-private-tunnels is set" in report["log"]
 
 
 def reaches_internal_service(proxy_port: int, target_port: int, tls: OriginTLS) -> bool:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ruststash.egress import EgressPolicy, is_internal, refusal
+from ruststash.egress import EgressPolicy, is_internal, pinned_address, refusal
 
 
 @pytest.mark.parametrize(
@@ -46,3 +46,17 @@ def test_deny_private_and_what_is_always_allowed() -> None:
     reason = refusal(policy, "intranet.example", 443, ["140.82.112.3", "10.0.0.7"])
     assert reason is not None and "10.0.0.7" in reason
     assert refusal(policy, "github.com", 443, ["140.82.112.3"]) is None
+
+
+def test_deny_private_refuses_a_name_that_does_not_resolve() -> None:
+    """A later lookup (mitmproxy's own connect) could answer with an internal address."""
+    policy = EgressPolicy(deny_private=True)
+    assert refusal(policy, "gone.example", 443, []) == "gone.example does not resolve and --deny-private-tunnels is set"
+    assert refusal(EgressPolicy(), "gone.example", 443, []) is None
+
+
+def test_the_checked_address_is_the_one_connected_to_only_with_deny_private() -> None:
+    policy = EgressPolicy(deny_private=True, always_allowed=frozenset({("origin.example", 443)}))
+    assert pinned_address(policy, "github.com", 443, ["140.82.112.3", "140.82.112.4"]) == "140.82.112.3"
+    assert pinned_address(policy, "origin.example", 443, ["140.82.112.3"]) is None  # ours: by name
+    assert pinned_address(EgressPolicy(tunnel_allow=("github.com",)), "github.com", 443, ["140.82.112.3"]) is None

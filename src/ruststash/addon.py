@@ -16,7 +16,7 @@ from mitmproxy.tls import TlsData
 from .access_log import log_request
 from .blobserver import BlobServer
 from .body_gc import BodyCollector
-from .egress import EgressPolicy, refusal
+from .egress import EgressPolicy, pinned_address, refusal
 from .policy import Kind, client_protocol
 from .replies import ClientRequest, Outcome, Reply, error_reply
 from .service import CacheService
@@ -97,11 +97,13 @@ class RuststashAddon:
                 infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
                 addresses = [str(info[4][0]) for info in infos]
             except OSError:
-                addresses = []  # mitmproxy's own connect will fail and say so
+                addresses = []  # refused: a later lookup by mitmproxy could give another answer
         reason = refusal(self.egress, host, port, addresses)
         if reason is not None:
             logger.warning("refused a connection to %s:%s: %s", host, port, reason)
             data.server.error = f"ruststash: {reason}"
+        elif (pinned := pinned_address(self.egress, host, port, addresses)) is not None:
+            data.server.address = (pinned, port)
 
     def tls_start_client(self, data: TlsData) -> None:
         """After mitmproxy's TlsConfig has set up the client side of an intercepted connection: hosts of

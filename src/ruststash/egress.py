@@ -3,13 +3,17 @@
 Intercepted (cached) hosts are fetched by ruststash itself from their configured origins. Everything else
 is a tunnel or a forward mitmproxy makes for a client: `--tunnel-allow` limits those to named hosts, and
 `--deny-private-tunnels` keeps a shared proxy from being used to reach the site's internal network.
+
+With `--deny-private-tunnels` the connection is made to the address that was checked (`pinned_address`), not
+to the name: a name that resolves to a public address for the check and to an internal one a moment later
+(DNS rebinding) must not get through, and neither must a name that does not resolve at check time.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -35,14 +39,24 @@ def is_internal(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
-def refusal(policy: EgressPolicy, host: str, port: int, addresses: Iterable[str]) -> str | None:
+def refusal(policy: EgressPolicy, host: str, port: int, addresses: Sequence[str]) -> str | None:
     """Why a connection to host:port (resolving to `addresses`) must not be made, or None."""
     if (host.lower(), port) in policy.always_allowed:
         return None
     if policy.tunnel_allow and not policy._pattern_matches(host):
         return f"{host} is not in --tunnel-allow"
     if policy.deny_private:
+        if not addresses:
+            return f"{host} does not resolve and --deny-private-tunnels is set"
         internal = [a for a in addresses if is_internal(a)]
         if internal:
             return f"{host} resolves to an internal address ({internal[0]}) and --deny-private-tunnels is set"
     return None
+
+
+def pinned_address(policy: EgressPolicy, host: str, port: int, addresses: Sequence[str]) -> str | None:
+    """The address to connect to instead of `host` once `refusal` allowed it, or None to connect by name.
+    The first address is the one a connect by name would try first (getaddrinfo's order)."""
+    if not policy.deny_private or (host.lower(), port) in policy.always_allowed or not addresses:
+        return None
+    return addresses[0]
