@@ -264,3 +264,37 @@ def test_a_restarted_proxy_answers_the_last_runs_crates_from_memory(
 def memory_hits(proxy: ProxyProcess) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{proxy.admin_port}/api/stats", timeout=10) as response:
         return int(json.loads(response.read())["store"]["memory_hits"])
+
+
+def test_cargo_without_multiplexing_speaks_http1_to_the_proxy(
+    tmp_path: Path, start_proxy: ProxyFactory, crates_origin: FakeCratesIo, origin_tls: OriginTLS
+) -> None:
+    """`http.multiplexing = false` (often set behind proxies): cargo speaks HTTP/1.1 over a few connections per
+    host instead of HTTP/2. Cold, then warm in a new CARGO_HOME: each crate fetched from upstream once."""
+    registry = crates_origin.registry
+    proxy = start_proxy(upstream_args(crates_origin, origin_tls))
+    project = consumer(tmp_path, registry)
+    http1 = {"CARGO_HTTP_MULTIPLEXING": "false", "CARGO_HTTP_DEBUG": "true", "CARGO_LOG": "network=debug"}
+
+    def generate_and_fetch(name: str) -> str:
+        box = CargoSandbox(tmp_path / name, env_extra={**proxy_client_env(proxy), **http1})
+        return "".join(box.run([command], project).stderr for command in ("generate-lockfile", "fetch"))
+
+    cold_debug = generate_and_fetch("cold")
+    lock = locked_versions(project / "Cargo.lock")
+    fetched_crates = {(name, vers) for name, versions in lock.items() for vers in versions}
+    downloads = crate_downloads(crates_origin)
+    assert len(downloads) == len(set(downloads)) == len(fetched_crates)
+
+    crates_origin.reset_counts()
+    seen = len(proxy.access())
+    (project / "Cargo.lock").unlink()
+    warm_debug = generate_and_fetch("warm")
+    assert crate_downloads(crates_origin) == []
+    warm = outcomes(proxy, seen)
+    assert set(warm) <= {"HIT", "REVALIDATED"}, warm
+    assert len(warm["HIT"]) >= len(fetched_crates)
+    assert locked_versions(project / "Cargo.lock") == lock
+    for debug in (cold_debug, warm_debug):
+        answers = re.findall(r"http-debug: < (HTTP/[\d.]+) \d+", debug)
+        assert answers and set(answers) == {"HTTP/1.1"}, f"not all HTTP/1.1: {sorted(set(answers))}"
