@@ -104,6 +104,28 @@ def test_cold_warm_and_offline_installs(
     assert stale["outcome"] == "STALE"
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param({"RUSTUP_USE_RUSTLS": "0"}, id="native-tls"),  # the TLS default of rustup before 1.28
+        pytest.param({"RUSTUP_USE_CURL": "1"}, id="curl"),
+    ],
+)
+def test_rustups_other_download_backends_install_through_the_proxy(
+    tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess, backend: dict[str, str]
+) -> None:
+    """rustup's deprecated backends (OpenSSL through native-tls, or libcurl) trust ruststash's bundle through
+    SSL_CERT_FILE too; cold then warm, each archive fetched from upstream once."""
+    for name in ("cold", "warm"):
+        user = make_rustup_client(tmp_path / name, proxy=proxy.url, ca_pem=proxy.bundle, extra_env=backend)
+        assert "deprecated" in user.install("stable", profile="minimal").stderr, "the backend was not switched"
+        assert rustc_version(user, "stable") == f"rustc {release.release.full_version}"
+    fetched = archive_requests(dist)
+    assert fetched and len(fetched) == len(set(fetched)), f"an archive was fetched twice: {fetched}"
+    archive_lines = [r for r in proxy.access() if r["path"].endswith(".tar.xz")]
+    assert {r["outcome"] for r in archive_lines[len(fetched) :]} == {"HIT"}
+
+
 def test_update_to_a_newer_stable_keeps_the_old_one_installable(
     tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
 ) -> None:
