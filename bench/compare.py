@@ -631,13 +631,13 @@ class Bench:
             return None
         return int(fields[1]), float(fields[2])
 
-    # ---- profiling (py-spy: the first run of each warm ruststash scenario of each workload)
+    # ---- profiling (py-spy: the first run of each ruststash scenario of each workload)
 
     def _start_profile(
         self, workload: Workload, scenario: Scenario, number: int, pid: int
     ) -> subprocess.Popen[bytes] | None:
         key = (workload.name, scenario.name)
-        if self.profile is None or key in self.profiled or scenario.via != "ruststash" or not scenario.warm:
+        if self.profile is None or key in self.profiled or scenario.via != "ruststash":
             return None
         self.profiled.add(key)
         py_spy = Path(sys.executable).parent / "py-spy"
@@ -969,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="timeout of each client command, seconds")
     parser.add_argument(
-        "--profile", type=Path, help="py-spy the proxy in the first run of each warm ruststash scenario; output here"
+        "--profile", type=Path, help="py-spy the proxy in the first run of each ruststash scenario; output here"
     )
     parser.add_argument("--registry-cache", type=Path, default=REGISTRY_CACHE)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to append to")

@@ -32,6 +32,9 @@ def test_a_stored_small_body_is_answered_from_memory(tmp_path: Path) -> None:
     assert store.lookup_hot("crate:k") == (entry, b"hello")
     assert store.memory_hits == 1 and store.memory_bytes() == 5
     assert store.lookup_hot("crate:other") is None
+    # The proxy reading a body for itself (an index file's cksum) is not a client answered from memory.
+    assert store.lookup_hot("crate:k", answered=False) == (entry, b"hello")
+    assert store.memory_hits == 1
 
     plain = Store(tmp_path / "plain")  # without hot_bytes nothing is held
     plain.put("crate:k", b"hello", **META)

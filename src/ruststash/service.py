@@ -209,10 +209,12 @@ class CacheService:
             return None
         return await asyncio.shield(task)
 
-    async def _stored(self, key: str, max_body: int = INLINE_BODY) -> tuple[Entry | None, bytes | None]:
+    async def _stored(
+        self, key: str, max_body: int = INLINE_BODY, answered: bool = True
+    ) -> tuple[Entry | None, bytes | None]:
         """The stored entry for `key` and, up to `max_body`, its body: from memory when held there (no thread
-        hop), else from the store in a worker thread."""
-        held = self.store.lookup_hot(key)
+        hop), else from the store in a worker thread. `answered`: see `Store.lookup_hot`."""
+        held = self.store.lookup_hot(key, answered)
         if held is None:
             return await asyncio.to_thread(self.store.lookup_with_body, key, max_body)
         if self.store.claim_access_flush(self._clock()):
@@ -381,12 +383,13 @@ class CacheService:
 
     async def _published_cksum(self, crate: CrateRef, request: ClientRequest) -> str | None:
         """The cksum from the stored index file; if it does not list the version (or we hold none), the
-        index file is refreshed from upstream once."""
-        entry = await asyncio.to_thread(self.store.lookup, crate.index_key)
-        if entry is not None and entry.status == 200:
-            body = await asyncio.to_thread(self.store.read, entry)
-            if cksum := sparse_index.published_cksum(body, crate.version):
-                return cksum
+        index file is refreshed from upstream once. The index file is usually in memory (cargo has just asked
+        for it): then no worker thread is involved."""
+        entry, body = await self._stored(crate.index_key, max_body=sys.maxsize, answered=False)
+        usable = entry is not None and entry.status == 200 and body is not None
+        cksum = sparse_index.published_cksum(body, crate.version) if usable and body is not None else None
+        if cksum:
+            return cksum
         headers = {"accept": "text/plain"} | {k: v for k, v in request.headers.items() if k in CREDENTIAL_HEADERS}
         index_request = ClientRequest("GET", "https", crate.index_host, 443, crate.index_path, headers)
         index_decision = Decision(Kind.INDEX, crate.index_key, Rule.REVALIDATE)

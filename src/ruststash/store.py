@@ -390,10 +390,11 @@ class Store:
             logger.debug("entry %s not dropped: %s", key, exc)
         self._changed(key)
 
-    def lookup_hot(self, key: str) -> tuple[Entry, bytes] | None:
+    def lookup_hot(self, key: str, answered: bool = True) -> tuple[Entry, bytes] | None:
         """The entry and body for `key` if held in memory, else None (then use `lookup_with_body`). Costs one
         `stat` and never waits on `_lock` or a worker thread: safe on the event loop. A body whose blob another
-        process removed (`ruststash purge`) is dropped here, so a purge takes effect as it does on disk."""
+        process removed (`ruststash purge`) is dropped here, so a purge takes effect as it does on disk.
+        `answered`: the body goes to a client (counted in `memory_hits`), not only read by the proxy."""
         if self._hot is None:
             return None
         with self._memo_lock:
@@ -407,7 +408,7 @@ class Store:
             return None
         with self._memo_lock:
             self._accessed[key] = (entry.digest, self._clock())
-            self.memory_hits += 1
+            self.memory_hits += answered
         return item
 
     def fill_memory(self, stop: threading.Event, max_seconds: float = FILL_SECONDS) -> tuple[int, int]:
