@@ -98,3 +98,17 @@ async def test_a_client_that_goes_away_leaves_no_error_and_no_open_handle(
         assert not errors, [r.getMessage() for r in errors]
     finally:
         await blobs.close()
+
+
+async def test_a_stale_body_carries_its_warning(body_file: Path) -> None:
+    """A stored body served stale says so as an in-memory answer does: X-Cache STALE and warn-code 110."""
+    blobs = BlobServer()
+    await blobs.start()
+    try:
+        for outcome in (Outcome.STALE, Outcome.HIT):
+            ticket = blobs.issue(Reply(200, (), b"", outcome, file=open_blob(body_file)))
+            head = (await get(blobs.port, ticket, read_all=True)).partition(b"\r\n\r\n")[0].decode().lower()
+            assert f"x-cache: {outcome.value.lower()}" in head
+            assert ('warning: 110 ruststash "response is stale"' in head) is (outcome is Outcome.STALE)
+    finally:
+        await blobs.close()

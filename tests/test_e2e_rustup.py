@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from tests.conftest import ProxyFactory
 from tests.harness import ProxyProcess
 from tests.origins.installer import HOST_TRIPLE
 from tests.origins.rustlang import FakeRustDist, PublishedRelease
-from tests.origins.rustup_client import RustupClient, make_rustup_client
+from tests.origins.rustup_client import REAL_DIST_SERVER, RustupClient, find_rustup, make_rustup_client, rustup_env
 from tests.origins.tls import OriginTLS
 
 pytestmark = pytest.mark.e2e
@@ -102,6 +103,41 @@ def test_cold_warm_and_offline_installs(
     assert rustc_version(offline, "stable") == f"rustc {release.release.full_version}"
     stale = [r for r in proxy.access() if r["path"] == MANIFEST + ".sha256"][-1]
     assert stale["outcome"] == "STALE"
+
+
+def test_a_new_machine_bootstraps_rustup_with_rustup_init_through_the_proxy(
+    tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
+) -> None:
+    """What rustup.rs has a new user run: rustup-init.sh fetches `rustup/dist/<triple>/rustup-init` with curl,
+    which installs rustup, which installs a toolchain. The real rustup binary (about 20 MB) is published as
+    rustup-init; two new machines do this in turn, the second getting rustup-init from the cache."""
+    binary = find_rustup().read_bytes()
+    dist.publish_rustup(init=binary)
+    path = f"/rustup/dist/{HOST_TRIPLE}/rustup-init"
+    for name in ("first", "second"):
+        home = tmp_path / name
+        home.mkdir()
+        env = rustup_env(
+            home, dist_server=REAL_DIST_SERVER, update_root=f"{REAL_DIST_SERVER}/rustup", ca_pem=proxy.bundle,
+            proxy=proxy.url,
+        )  # fmt: skip
+        init = home / "rustup-init"
+        # rustup-init.sh's own download command (its `downloader` function with curl)
+        curl = ["curl", "--proto", "=https", "--tlsv1.2", "--silent", "--show-error", "--fail", "--location"]
+        subprocess.run([*curl, f"https://static.rust-lang.org{path}", "--output", str(init)], env=env, check=True)
+        assert hashlib.sha256(init.read_bytes()).hexdigest() == hashlib.sha256(binary).hexdigest()
+        init.chmod(0o755)
+        install = [str(init), "-y", "--no-modify-path", "--default-toolchain", "none"]
+        subprocess.run(install, env=env, check=True, capture_output=True, timeout=120)
+        user = RustupClient(home, env, home / "cargo" / "bin" / "rustup")
+        user.install("stable", profile="minimal")
+        assert rustc_version(user, "stable") == f"rustc {release.release.full_version}"
+    fetches = [r["outcome"] for r in proxy.access() if r["path"] == path]
+    assert fetches[0] == "MISS" and fetches[1] in {"HIT", "REVALIDATED"}, fetches
+    assert [r.path for r in dist.records() if r.path == path and r.status == 200] == [path]
+    # The stored copy is sent from its file (never held whole in memory), which also answers a Range.
+    status, headers, part = proxied_get(proxy, path, {"range": "bytes=100-199"})
+    assert (status, part, headers["x-cache"]) == (206, binary[100:200], fetches[1])
 
 
 @pytest.mark.parametrize(

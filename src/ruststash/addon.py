@@ -18,7 +18,7 @@ from .blobserver import BlobServer
 from .body_gc import BodyCollector
 from .egress import EgressPolicy, pinned_address, refusal
 from .policy import Kind, client_protocol
-from .replies import ClientRequest, Outcome, Reply, error_reply
+from .replies import STALE_WARNING, ClientRequest, Outcome, Reply, error_reply
 from .service import CacheService
 from .upstream import UpstreamMap
 
@@ -62,7 +62,7 @@ def make_response(reply: Reply) -> http.Response:
         fields.append((b"content-length", str(len(reply.body)).encode()))
     fields.append((b"x-cache", reply.outcome.value.encode()))
     if reply.outcome is Outcome.STALE:
-        fields.append((b"warning", b'110 ruststash "Response is Stale"'))
+        fields.append((STALE_WARNING[0].encode(), STALE_WARNING[1].encode()))
     now = time.time()
     return http.Response(
         b"HTTP/1.1",

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from .errors import UpstreamError
-from .replies import Reply
+from .replies import STALE_WARNING, Outcome, Reply
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class BlobServer:
         reply = ticket[1]
         headers = {k: v for k, v in reply.headers}
         headers["x-cache"] = reply.outcome.value
+        if reply.outcome is Outcome.STALE:
+            headers[STALE_WARNING[0]] = STALE_WARNING[1]
         if reply.file is not None:
             # Sent (and its handle closed) here, not after we return: the handle must outlive the sending.
             try:

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 STORED_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "expires", "content-disposition")
 VALIDATOR_HEADERS = ("etag", "last-modified", "cache-control", "expires")
 NOT_STORED_FULL = "not stored: the cache disk is full"
+# Sent with every answer served stale (RFC 7234's warn-code 110).
+STALE_WARNING = ("warning", '110 ruststash "Response is Stale"')
 
 
 class Outcome(StrEnum):

@@ -48,7 +48,9 @@ from .upstream import CREDENTIAL_HEADERS, FORWARDED_REQUEST_HEADERS, Upstream, U
 logger = logging.getLogger(__name__)
 
 # Hits on bodies up to this size are read with their lookup, in one trip to a worker thread. (A stored crate
-# is always served whole, so it is read with its lookup whatever its size: see `_crate`.)
+# is always served whole, so it is read with its lookup whatever its size: see `_crate`.) A larger stored
+# DIST_FILE (rustup-init, about 20 MB) is sent from its file by the blob server, never held in memory; index
+# files and manifests stay whole, as the proxy reads them itself too (a crate's cksum, `ruststash warm`).
 INLINE_BODY = 1024 * 1024
 # Index files that upstream says do not exist are remembered briefly (a missing crate on a slow link).
 NEGATIVE_STATUSES = (404, 410, 451)
@@ -234,20 +236,23 @@ class CacheService:
         """Fresh: serve. Stale or absent: ask upstream (conditionally when we hold a copy). Upstream failing
         or too slow: serve what we hold, marked STALE, else a clear 502/504."""
         entry, body = await self._stored(decision.key)
+        stream = decision.kind is Kind.DIST_FILE
         if entry is not None and not force and is_fresh(entry.stored_at, entry.lifetime, self._clock()):
-            return await self.answer(entry, request, Outcome.HIT, body=body)
+            return await self.answer(entry, request, Outcome.HIT, body=body, stream_large=stream)
         fetched = await self.coalesced(
             decision, request, entry is not None, lambda: self._refetch(decision, request, entry)
         )
         if fetched is None:
             reason = self.too_slow(request, entry is not None) + "; refreshing in the background"
             if entry is not None:
-                return await self.answer(entry, request, Outcome.STALE, note=reason)
+                return await self.answer(entry, request, Outcome.STALE, note=reason, stream_large=stream)
             return error_reply(504, self.too_slow(request, False))
         if fetched.error is not None:
             current = entry or await asyncio.to_thread(self.store.lookup, decision.key)
             if current is not None:
-                return await self.answer(current, request, Outcome.STALE, note=fetched.error.reason)
+                return await self.answer(
+                    current, request, Outcome.STALE, note=fetched.error.reason, stream_large=stream
+                )
             return error_reply(fetched.error.status, fetched.error.reason)
         if fetched.reply is not None:
             return fetched.reply
@@ -255,7 +260,7 @@ class CacheService:
         known = fetched.body
         if known is None and entry is not None and fetched.entry.digest == entry.digest:
             known = body  # a 304: the body read with the lookup is still the one
-        return await self.answer(fetched.entry, request, fetched.outcome, body=known)
+        return await self.answer(fetched.entry, request, fetched.outcome, body=known, stream_large=stream)
 
     async def _refetch(self, decision: Decision, request: ClientRequest, entry: Entry | None) -> Fetched:
         """One conditional fetch and what it does to the store. Runs as a shared task; never raises."""
@@ -414,10 +419,23 @@ class CacheService:
             self._registries[(registry.index_host, registry.index_prefix)] = registry
 
     async def answer(
-        self, entry: Entry, request: ClientRequest, outcome: Outcome, body: bytes | None = None, note: str = ""
+        self,
+        entry: Entry,
+        request: ClientRequest,
+        outcome: Outcome,
+        body: bytes | None = None,
+        note: str = "",
+        stream_large: bool = False,
     ) -> Reply:
+        """The reply for a stored entry. `body`: the entry's body if already read. `stream_large`: an unread
+        body above INLINE_BODY is sent from its file (the reply holds it open), not read into memory."""
         if entry.status == 200 and not_modified(request.headers, entry.etag, entry.last_modified):
             return Reply(304, selected(entry.headers, VALIDATOR_HEADERS), b"", outcome, note)
+        if body is None and stream_large and entry.size > INLINE_BODY:
+            blob = await asyncio.to_thread(self.store.open_blob, entry)
+            if blob is None:
+                raise BodyGone(f"the body of {entry.key} was removed while it was being answered")
+            return Reply(entry.status, entry.headers, b"", outcome, note, file=blob, size=entry.size)
         if body is None:
             body = await asyncio.to_thread(self.store.read, entry)
         return Reply(entry.status, entry.headers, body, outcome, note)

@@ -331,9 +331,10 @@ class FakeRustDist:
         self.published.append(published)
         return published
 
-    def publish_rustup(self, version: str = DEFAULT_RUSTUP_VERSION) -> None:
-        """Serve rustup self-update files: ``rustup/release-stable.toml`` and both ``rustup-init`` paths."""
-        script = f'#!/bin/sh\necho "rustup-init {version} (fake, ruststash tests)"\n'.encode()
+    def publish_rustup(self, version: str = DEFAULT_RUSTUP_VERSION, init: bytes | None = None) -> None:
+        """Serve rustup self-update files: ``rustup/release-stable.toml`` and both ``rustup-init`` paths.
+        ``init`` is the rustup-init served (a real rustup binary works as one); default: a small script."""
+        script = init or f'#!/bin/sh\necho "rustup-init {version} (fake, ruststash tests)"\n'.encode()
         for path in (f"rustup/archive/{version}/{self.host}/rustup-init", f"rustup/dist/{self.host}/rustup-init"):
             self._write_file(path, script, mode=0o755)
             digest = hashlib.sha256(script).hexdigest()
