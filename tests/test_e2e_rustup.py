@@ -140,6 +140,22 @@ def test_a_new_machine_bootstraps_rustup_with_rustup_init_through_the_proxy(
     assert (status, part, headers["x-cache"]) == (206, binary[100:200], fetches[1])
 
 
+
+def test_rustup_self_update_through_the_proxy(tmp_path: Path, dist: FakeRustDist, proxy: ProxyProcess) -> None:
+    """`rustup self update` when a newer rustup is published: release-stable.toml says which, and the new
+    rustup-init comes from `rustup/archive/<version>/<triple>/`, which never changes. Two machines in turn;
+    the second gets the new rustup-init from the cache."""
+    binary = find_rustup().read_bytes()
+    dist.publish_rustup("1.99.0", init=binary)  # the real binary, published as a newer version
+    archive = f"/rustup/archive/1.99.0/{HOST_TRIPLE}/rustup-init"
+    for name in ("first", "second"):
+        user = client(tmp_path / name, proxy)
+        result = user.rustup("self", "update")
+        assert "1.99.0" in result.stdout + result.stderr, result.stderr
+    fetches = [r["outcome"] for r in proxy.access() if r["path"] == archive]
+    assert fetches == ["MISS", "HIT"], proxy.access()
+
+
 @pytest.mark.parametrize(
     "backend",
     [
