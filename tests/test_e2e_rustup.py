@@ -140,7 +140,6 @@ def test_a_new_machine_bootstraps_rustup_with_rustup_init_through_the_proxy(
     assert (status, part, headers["x-cache"]) == (206, binary[100:200], fetches[1])
 
 
-
 def test_rustup_self_update_through_the_proxy(tmp_path: Path, dist: FakeRustDist, proxy: ProxyProcess) -> None:
     """`rustup self update` when a newer rustup is published: release-stable.toml says which, and the new
     rustup-init comes from `rustup/archive/<version>/<triple>/`, which never changes. Two machines in turn;
