@@ -14,9 +14,11 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from ruststash.hot_bodies import MAX_BODY
 from tests.conftest import ProxyFactory
@@ -25,6 +27,7 @@ from tests.origins.clients import CargoSandbox, clean_env, locked_versions, writ
 from tests.origins.crates_io import FakeCratesIo, corrupted
 from tests.origins.crates_io import proxy_upstream_args as upstream_args
 from tests.origins.registry import Registry
+from tests.origins.server import BackgroundServer
 from tests.origins.tls import OriginTLS
 
 pytestmark = pytest.mark.e2e
@@ -298,3 +301,65 @@ def test_cargo_without_multiplexing_speaks_http1_to_the_proxy(
     for debug in (cold_debug, warm_debug):
         answers = re.findall(r"http-debug: < (HTTP/[\d.]+) \d+", debug)
         assert answers and set(answers) == {"HTTP/1.1"}, f"not all HTTP/1.1: {sorted(set(answers))}"
+
+
+@dataclass
+class FakeCratesApi:
+    """crates.io's web API (what `cargo search`, `yank`, `owner`, `publish` call), recording each request."""
+
+    server: BackgroundServer
+    seen: list[tuple[str, str, str]]  # (method, path with query, authorization)
+
+
+@pytest.fixture
+def crates_api(origin_tls: OriginTLS) -> Iterator[FakeCratesApi]:
+    seen: list[tuple[str, str, str]] = []
+
+    async def record(request: web.Request) -> None:
+        seen.append((request.method, request.path_qs, request.headers.get("authorization", "")))
+
+    async def search(request: web.Request) -> web.Response:
+        await record(request)
+        found = [{"name": "regex", "max_version": "1.11.1", "description": "Regular expressions"}]
+        return web.json_response({"crates": found, "meta": {"total": 1}})
+
+    async def yank(request: web.Request) -> web.Response:
+        await record(request)
+        if request.headers.get("authorization") != "the-token":
+            return web.json_response({"errors": [{"detail": "must be logged in"}]}, status=403)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/crates", search)
+    app.router.add_delete("/api/v1/crates/{name}/{version}/yank", yank)
+    server = BackgroundServer(app, origin_tls.server_context())
+    server.start()
+    yield FakeCratesApi(server, seen)
+    server.close()
+
+
+def test_crates_io_web_api_passes_through_uncached(
+    tmp_path: Path,
+    start_proxy: ProxyFactory,
+    crates_origin: FakeCratesIo,
+    origin_tls: OriginTLS,
+    crates_api: FakeCratesApi,
+) -> None:
+    """crates.io is intercepted (downloads may be redirected through it), but its web API is never cached:
+    `cargo search` twice reaches the API twice, and `cargo yank` carries the user's token to it untouched."""
+    api_args = ["--upstream", f"crates.io={crates_api.server.url}"]
+    proxy = start_proxy([*upstream_args(crates_origin, origin_tls), *api_args])
+    project = consumer(tmp_path, crates_origin.registry)
+    box = sandbox(tmp_path / "client", proxy)
+    for _ in range(2):
+        found = box.run(["search", "regex", "--limit", "1"], project)
+        assert 'regex = "1.11.1"' in found.stdout, found.stdout + found.stderr
+    box.run(["yank", "regex", "--version", "1.11.1", "--token", "the-token"], project)
+    refused = box.run(["yank", "regex", "--version", "1.11.1", "--token", "wrong"], project, check=False)
+    assert refused.returncode != 0 and "must be logged in" in refused.stderr, refused.stderr
+    searches = [s for s in crates_api.seen if s[0] == "GET"]
+    assert len(searches) == 2 and all(s[1].startswith("/api/v1/crates?q=regex") for s in searches), searches
+    yanks = [(s[1], s[2]) for s in crates_api.seen if s[0] == "DELETE"]
+    assert yanks == [("/api/v1/crates/regex/1.11.1/yank", "the-token"), ("/api/v1/crates/regex/1.11.1/yank", "wrong")]
+    passed = [r for r in proxy.access() if r["host"] == "crates.io"]
+    assert [r["outcome"] for r in passed] == ["PASS"] * 4, passed
