@@ -391,8 +391,9 @@ class CacheService:
         index file is refreshed from upstream once. The index file is usually in memory (cargo has just asked
         for it): then no worker thread is involved."""
         entry, body = await self._stored(crate.index_key, max_body=sys.maxsize, answered=False)
-        usable = entry is not None and entry.status == 200 and body is not None
-        cksum = sparse_index.published_cksum(body, crate.version) if usable and body is not None else None
+        cksum = None
+        if entry is not None and entry.status == 200 and body is not None:
+            cksum = sparse_index.published_cksum(body, crate.version)
         if cksum:
             return cksum
         headers = {"accept": "text/plain"} | {k: v for k, v in request.headers.items() if k in CREDENTIAL_HEADERS}
