@@ -63,7 +63,7 @@ def start_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
 def collect_garbage_after_socket_tests(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test that ran sockets in this process (an origin, an event loop), collect garbage: a transport it
     left open then fails that test with a ResourceWarning (warnings are errors), not whichever test the
-    collector happens to run in minutes later (CI once failed a pure-logic test that way)."""
+    collector happens to run in minutes later (CI failed a pure-logic test that way, twice)."""
     yield
     if (
         request.node.get_closest_marker("e2e") is not None
