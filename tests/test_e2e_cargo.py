@@ -26,7 +26,7 @@ from tests.harness import ProxyProcess, proxy_client_env, proxy_process_env, rus
 from tests.origins.clients import CargoSandbox, clean_env, locked_versions, write_consumer
 from tests.origins.crates_io import FakeCratesIo, corrupted
 from tests.origins.crates_io import proxy_upstream_args as upstream_args
-from tests.origins.registry import Registry
+from tests.origins.registry import PublishedCrate, Registry
 from tests.origins.server import BackgroundServer
 from tests.origins.tls import OriginTLS
 
@@ -312,7 +312,8 @@ class FakeCratesApi:
 
 
 @pytest.fixture
-def crates_api(origin_tls: OriginTLS) -> Iterator[FakeCratesApi]:
+def crates_api(tmp_path: Path, origin_tls: OriginTLS, crates_origin: FakeCratesIo) -> Iterator[FakeCratesApi]:
+    """Search and yank answer canned JSON; a publish adds the uploaded `.crate` to `crates_origin`."""
     seen: list[tuple[str, str, str]] = []
 
     async def record(request: web.Request) -> None:
@@ -329,9 +330,16 @@ def crates_api(origin_tls: OriginTLS) -> Iterator[FakeCratesApi]:
             return web.json_response({"errors": [{"detail": "must be logged in"}]}, status=403)
         return web.json_response({"ok": True})
 
-    app = web.Application()
+    async def publish(request: web.Request) -> web.Response:
+        await record(request)
+        crate = published_crate(await request.read(), tmp_path / "published")
+        crates_origin.publish(crate)
+        return web.json_response({"warnings": {"invalid_categories": [], "invalid_badges": [], "other": []}})
+
+    app = web.Application(client_max_size=16 << 20)
     app.router.add_get("/api/v1/crates", search)
     app.router.add_delete("/api/v1/crates/{name}/{version}/yank", yank)
+    app.router.add_put("/api/v1/crates/new", publish)
     server = BackgroundServer(app, origin_tls.server_context())
     server.start()
     yield FakeCratesApi(server, seen)
@@ -346,7 +354,8 @@ def test_crates_io_web_api_passes_through_uncached(
     crates_api: FakeCratesApi,
 ) -> None:
     """crates.io is intercepted (downloads may be redirected through it), but its web API is never cached:
-    `cargo search` twice reaches the API twice, and `cargo yank` carries the user's token to it untouched."""
+    `cargo search` twice reaches the API twice, and `cargo yank` carries the user's token to it untouched.
+    A yank that succeeded makes the proxy ask upstream for index files it holds fresh (REGISTRY_WRITE_WINDOW)."""
     api_args = ["--upstream", f"crates.io={crates_api.server.url}"]
     proxy = start_proxy([*upstream_args(crates_origin, origin_tls), *api_args])
     project = consumer(tmp_path, crates_origin.registry)
@@ -354,12 +363,83 @@ def test_crates_io_web_api_passes_through_uncached(
     for _ in range(2):
         found = box.run(["search", "regex", "--limit", "1"], project)
         assert 'regex = "1.11.1"' in found.stdout, found.stdout + found.stderr
-    box.run(["yank", "regex", "--version", "1.11.1", "--token", "the-token"], project)
+
+    def index_outcomes() -> set[str]:
+        """Outcomes of the index files of one `cargo generate-lockfile` in a new CARGO_HOME."""
+        seen = len(proxy.access())
+        sandbox(tmp_path / f"lock-{seen}", proxy).run(["generate-lockfile"], project)
+        return {
+            r["outcome"] for r in proxy.access()[seen:] if r["host"] == "index.crates.io" and "/config" not in r["path"]
+        }
+
+    assert index_outcomes() == {"MISS"}
     refused = box.run(["yank", "regex", "--version", "1.11.1", "--token", "wrong"], project, check=False)
     assert refused.returncode != 0 and "must be logged in" in refused.stderr, refused.stderr
+    assert index_outcomes() == {"HIT"}, "a refused yank changes nothing: fresh copies are answered"
+    box.run(["yank", "regex", "--version", "1.11.1", "--token", "the-token"], project)
+    assert index_outcomes() == {"REVALIDATED"}, "after a yank, index files are asked upstream however fresh"
+
     searches = [s for s in crates_api.seen if s[0] == "GET"]
     assert len(searches) == 2 and all(s[1].startswith("/api/v1/crates?q=regex") for s in searches), searches
     yanks = [(s[1], s[2]) for s in crates_api.seen if s[0] == "DELETE"]
-    assert yanks == [("/api/v1/crates/regex/1.11.1/yank", "the-token"), ("/api/v1/crates/regex/1.11.1/yank", "wrong")]
+    assert yanks == [("/api/v1/crates/regex/1.11.1/yank", "wrong"), ("/api/v1/crates/regex/1.11.1/yank", "the-token")]
     passed = [r for r in proxy.access() if r["host"] == "crates.io"]
     assert [r["outcome"] for r in passed] == ["PASS"] * 4, passed
+
+
+def published_crate(upload: bytes, directory: Path) -> PublishedCrate:
+    """What crates.io makes of `cargo publish`'s upload (u32 LE length + JSON metadata, u32 LE length + the
+    `.crate`): the index entry of a crate without dependencies, and the file."""
+    size = int.from_bytes(upload[:4], "little")
+    meta = json.loads(upload[4 : 4 + size])
+    rest = upload[4 + size :]
+    data = rest[4 : 4 + int.from_bytes(rest[:4], "little")]
+    assert not meta["deps"], "only crates without dependencies here"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{meta['name']}-{meta['vers']}.crate"
+    path.write_bytes(data)
+    cksum = hashlib.sha256(data).hexdigest()
+    entry = {"name": meta["name"], "vers": meta["vers"], "deps": [], "cksum": cksum, "features": meta["features"],
+             "yanked": False, "links": None}  # fmt: skip
+    return PublishedCrate(meta["name"], meta["vers"], cksum, path, entry)
+
+
+def test_cargo_publish_through_the_proxy_then_another_project_uses_the_crate(
+    tmp_path: Path,
+    start_proxy: ProxyFactory,
+    crates_origin: FakeCratesIo,
+    origin_tls: OriginTLS,
+    crates_api: FakeCratesApi,
+) -> None:
+    """`cargo publish` uploads through the proxy (a PUT on crates.io, passed through with the token) and waits
+    until the index shows the new version, through the proxy too: the proxy must not keep answering from its
+    stored copy (see REGISTRY_WRITE_WINDOW). Another project then fetches and builds the crate, checked
+    against the cksum the index gives for it."""
+    proxy = start_proxy([*upstream_args(crates_origin, origin_tls), "--upstream", f"crates.io={crates_api.server.url}"])
+    author = tmp_path / "fresh-crate"
+    (author / "src").mkdir(parents=True)
+    (author / "Cargo.toml").write_text(
+        '[package]\nname = "fresh-crate"\nversion = "0.1.0"\nedition = "2021"\n'
+        'description = "published through ruststash"\nlicense = "MIT"\n\n[workspace]\n'
+    )
+    (author / "src" / "lib.rs").write_text("pub fn fresh() -> u32 { 7 }\n")
+    box = sandbox(tmp_path / "author-home", proxy)
+    published = box.run(["publish", "--no-verify", "--allow-dirty", "--token", "the-token"], author)
+    assert "Published fresh-crate v0.1.0" in published.stderr, published.stderr
+    uploads = [s for s in crates_api.seen if s[0] == "PUT"]
+    assert uploads == [("PUT", "/api/v1/crates/new", "the-token")]
+    lines = [(r["path"], r["outcome"]) for r in proxy.access()]
+    upload = lines.index(("/api/v1/crates/new", "PASS"))
+    # Before the upload cargo looked the crate up (a 404, remembered for --negative-ttl). After it, the index
+    # file is asked upstream again at once, not answered from that 404: the first poll sees the version.
+    assert ("/fr/es/fresh-crate", "MISS") in lines[:upload]
+    polls = [outcome for path, outcome in lines[upload:] if path == "/fr/es/fresh-crate"]
+    assert polls == ["MISS"], lines
+
+    user = write_consumer(tmp_path / "user", [("fresh-crate", "0.1")], call_weight=False)
+    user_box = sandbox(tmp_path / "user-home", proxy)
+    user_box.run(["generate-lockfile"], user)
+    user_box.run(["fetch"], user)
+    user_box.run(["build", "--offline"], user)
+    assert locked_versions(user / "Cargo.lock")["fresh-crate"] == ["0.1.0"]
+    assert [r["outcome"] for r in proxy.access() if r["path"] == "/crates/fresh-crate/0.1.0/download"] == ["MISS"]

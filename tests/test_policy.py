@@ -12,6 +12,7 @@ from ruststash.policy import (
     client_protocol,
     config_prefix,
     index_path,
+    is_registry_write,
     registry_from_dl,
 )
 
@@ -213,3 +214,21 @@ def test_client_protocol_is_http1_only_for_hosts_of_large_files_that_offer_it() 
     assert client_protocol("static.rust-lang.org", [b"h2"]) is None  # mitmproxy chooses (h2)
     assert client_protocol("index.crates.io", [b"h2", b"http/1.1"]) is None
     assert client_protocol(None, [b"h2", b"http/1.1"]) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "write"),
+    [
+        ("PUT", "/api/v1/crates/new", True),  # cargo publish
+        ("DELETE", "/api/v1/crates/serde/1.0.219/yank", True),
+        ("PUT", "/api/v1/crates/serde/1.0.219/unyank", True),  # cargo yank --undo
+        ("PUT", "/registry/api/v1/crates/new", True),  # a registry whose API lives under a path
+        ("GET", "/api/v1/crates/new", False),
+        ("GET", "/api/v1/crates/serde/1.0.219/download", False),
+        ("PUT", "/api/v1/crates/serde/owners", False),  # owners change nothing in the index
+        ("PUT", "/api/v1/crates/new?x=1", False),
+        ("DELETE", "/api/v1/crates/../yank", False),
+    ],
+)
+def test_registry_writes(method: str, path: str, write: bool) -> None:
+    assert is_registry_write(method, path) is write

@@ -17,7 +17,7 @@ from .access_log import log_request
 from .blobserver import BlobServer
 from .body_gc import BodyCollector
 from .egress import EgressPolicy, pinned_address, refusal
-from .policy import Kind, client_protocol
+from .policy import Kind, client_protocol, is_registry_write
 from .replies import STALE_WARNING, ClientRequest, Outcome, Reply, error_reply
 from .service import CacheService
 from .upstream import UpstreamMap
@@ -184,6 +184,8 @@ class RuststashAddon:
         forwarded = flow.metadata.get(_MARK)
         if forwarded is None or flow.response is None:
             return
+        if 200 <= flow.response.status_code < 300 and is_registry_write(flow.request.method, forwarded.path):
+            self.service.registry_written()
         length = flow.response.headers.get("content-length", "")
         size = int(length) if length.isdigit() else (forwarded.size or 0)
         outcome = flow.response.headers.get("x-cache", forwarded.outcome.value)

@@ -219,6 +219,15 @@ def classify(method: str, host: str, path: str, registries: tuple[Registry, ...]
     return PASS
 
 
+# What cargo sends to a registry's web API to change its index: publish, yank, unyank.
+_REGISTRY_WRITE = re.compile(rf"^(?:/[A-Za-z0-9._~-]+)*/api/v1/crates/(?:new|{_NAME}/{_VERSION}/(?:yank|unyank))$")
+
+
+def is_registry_write(method: str, path: str) -> bool:
+    """A request through which a registry's index changes (`cargo publish`, `yank`, `yank --undo`)."""
+    return method in ("PUT", "DELETE") and _REGISTRY_WRITE.match(path) is not None
+
+
 def client_protocol(sni: str | None, offers: Sequence[bytes]) -> bytes | None:
     """The ALPN protocol to answer an intercepted client with, or None to let mitmproxy choose."""
     if sni is not None and sni.lower() in HTTP1_HOSTS and b"http/1.1" in offers:

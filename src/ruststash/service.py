@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 INLINE_BODY = 1024 * 1024
 # Index files that upstream says do not exist are remembered briefly (a missing crate on a slow link).
 NEGATIVE_STATUSES = (404, 410, 451)
+# After a publish, yank or unyank through the proxy, index files are revalidated however fresh they are,
+# for this long: cargo publish waits (60 s by default) for its new version to show in the index, and the
+# site should see a yank at once. (Which crate it was is in the upload's body, which may be streamed.)
+REGISTRY_WRITE_WINDOW = 120.0
 
 
 def _merge_validators(stored: tuple[tuple[str, str], ...], fresh: UpstreamResponse) -> tuple[tuple[str, str], ...]:
@@ -116,6 +120,14 @@ class CacheService:
         self._inflight: Inflight[Fetched] = Inflight()
         self.slow_hosts = SlowHosts(_answered, resilience.stale_after, time.monotonic)
         self.rust = RustDist(self, clock)
+        self._registry_written_at = -math.inf  # time.monotonic() of the last publish/yank seen
+
+    def registry_written(self) -> None:
+        """A publish, yank or unyank went through: see REGISTRY_WRITE_WINDOW."""
+        self._registry_written_at = time.monotonic()
+
+    def _index_may_have_changed(self) -> bool:
+        return time.monotonic() - self._registry_written_at < REGISTRY_WRITE_WINDOW
 
     @property
     def registries(self) -> tuple[Registry, ...]:
@@ -149,7 +161,9 @@ class CacheService:
                 reply = await self.revalidating(decision, request)
                 await self._learn_registry(decision, request)
                 return reply
-            case Kind.INDEX | Kind.DIST_FILE:
+            case Kind.INDEX:
+                return await self.revalidating(decision, request, force=self._index_may_have_changed())
+            case Kind.DIST_FILE:
                 return await self.revalidating(decision, request)
             case Kind.CRATE:
                 assert decision.crate is not None and decision.rule is Rule.IMMUTABLE
