@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import subprocess
 import sys
@@ -404,17 +405,19 @@ def published_crate(upload: bytes, directory: Path) -> PublishedCrate:
     return PublishedCrate(meta["name"], meta["vers"], cksum, path, entry)
 
 
+@pytest.mark.parametrize("padding", [0, 3 << 20], ids=["small", "streamed-upload"])
 def test_cargo_publish_through_the_proxy_then_another_project_uses_the_crate(
     tmp_path: Path,
     start_proxy: ProxyFactory,
     crates_origin: FakeCratesIo,
     origin_tls: OriginTLS,
     crates_api: FakeCratesApi,
+    padding: int,
 ) -> None:
     """`cargo publish` uploads through the proxy (a PUT on crates.io, passed through with the token) and waits
     until the index shows the new version, through the proxy too: the proxy must not keep answering from its
     stored copy (see REGISTRY_WRITE_WINDOW). Another project then fetches and builds the crate, checked
-    against the cksum the index gives for it."""
+    against the cksum the index gives for it. Once with an upload larger than mitmproxy holds in memory."""
     proxy = start_proxy([*upstream_args(crates_origin, origin_tls), "--upstream", f"crates.io={crates_api.server.url}"])
     author = tmp_path / "fresh-crate"
     (author / "src").mkdir(parents=True)
@@ -423,6 +426,8 @@ def test_cargo_publish_through_the_proxy_then_another_project_uses_the_crate(
         'description = "published through ruststash"\nlicense = "MIT"\n\n[workspace]\n'
     )
     (author / "src" / "lib.rs").write_text("pub fn fresh() -> u32 { 7 }\n")
+    # Incompressible padding makes the upload larger than what mitmproxy holds (it streams bodies over 1 MiB).
+    (author / "data.bin").write_bytes(random.Random(7).randbytes(padding))
     box = sandbox(tmp_path / "author-home", proxy)
     published = box.run(["publish", "--no-verify", "--allow-dirty", "--token", "the-token"], author)
     assert "Published fresh-crate v0.1.0" in published.stderr, published.stderr
@@ -442,4 +447,5 @@ def test_cargo_publish_through_the_proxy_then_another_project_uses_the_crate(
     user_box.run(["fetch"], user)
     user_box.run(["build", "--offline"], user)
     assert locked_versions(user / "Cargo.lock")["fresh-crate"] == ["0.1.0"]
+    assert (tmp_path / "published" / "fresh-crate-0.1.0.crate").stat().st_size > padding
     assert [r["outcome"] for r in proxy.access() if r["path"] == "/crates/fresh-crate/0.1.0/download"] == ["MISS"]

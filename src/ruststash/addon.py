@@ -17,7 +17,7 @@ from .access_log import log_request
 from .blobserver import BlobServer
 from .body_gc import BodyCollector
 from .egress import EgressPolicy, pinned_address, refusal
-from .policy import Kind, client_protocol, is_registry_write
+from .policy import Decision, Kind, client_protocol, is_registry_write
 from .replies import STALE_WARNING, ClientRequest, Outcome, Reply, error_reply
 from .service import CacheService
 from .upstream import UpstreamMap
@@ -25,6 +25,7 @@ from .upstream import UpstreamMap
 logger = logging.getLogger(__name__)
 
 _MARK = "ruststash"
+_DECIDED = "ruststash.decided"  # (ClientRequest, Decision) from `requestheaders`, for `request`
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,10 @@ class RuststashAddon:
         if protocol is not None and isinstance(app_data, dict) and app_data.get("client_alpn") is None:
             conn.set_app_data({**app_data, "client_alpn": protocol})
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Decide as soon as the head is in. What we do not cache on a cached host is pointed at its origin
+        here: mitmproxy streams a large request body (a `cargo publish` upload) to the server as it reads it,
+        connecting right after this hook, before the `request` hook."""
         if flow.response or flow.error or not flow.live:
             return
         request = client_request(flow)
@@ -125,6 +129,13 @@ class RuststashAddon:
             if self.service.is_cached_host(request.host, request.port):
                 self._forward(flow, request, _Forwarded(Outcome.PASS, Kind.PASS.value, request.host, request.path))
             return
+        flow.metadata[_DECIDED] = (request, decision)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        decided: tuple[ClientRequest, Decision] | None = flow.metadata.pop(_DECIDED, None)
+        if decided is None or flow.response or flow.error or not flow.live:
+            return  # not ours to answer (PASS), or already answered
+        request, decision = decided
         try:
             reply = await self.service.handle(decision, request)
         except Exception as exc:  # nothing escapes a hook: a bug becomes a 500 and one log line
