@@ -449,3 +449,53 @@ def test_cargo_publish_through_the_proxy_then_another_project_uses_the_crate(
     assert locked_versions(user / "Cargo.lock")["fresh-crate"] == ["0.1.0"]
     assert (tmp_path / "published" / "fresh-crate-0.1.0.crate").stat().st_size > padding
     assert [r["outcome"] for r in proxy.access() if r["path"] == "/crates/fresh-crate/0.1.0/download"] == ["MISS"]
+
+
+def test_a_private_registry_named_with_cache_host_is_cached_and_checked(
+    tmp_path: Path, start_proxy: ProxyFactory, edge_registry: Registry, origin_tls: OriginTLS
+) -> None:
+    """A company registry that mirrors crates.io (cargo's source replacement), its index and downloads on two
+    hosts of its own, named with --cache-host. The proxy learns the download host from the registry's
+    config.json and checks every crate against that registry's index, as it does for crates.io."""
+    origin = FakeCratesIo(edge_registry, origin_tls, dl="https://dl.company.example/crates")
+    try:
+        victim = edge_registry.get("memchr", max(c.vers for c in edge_registry.versions("memchr")))
+        origin.corrupt_crate(victim.name, victim.vers)
+        proxy = start_proxy(
+            [
+                "--cache-host", "registry.company.example", "--cache-host", "dl.company.example",
+                "--upstream", f"registry.company.example={origin.index_url}",
+                "--upstream", f"dl.company.example={origin.static_url}",
+                "--upstream-ca", str(origin_tls.ca_pem),
+            ]
+        )  # fmt: skip
+        config = (
+            '[source.crates-io]\nreplace-with = "company"\n\n'
+            '[source.company]\nregistry = "sparse+https://registry.company.example/"\n'
+        )
+        project = consumer(tmp_path, edge_registry)
+
+        def run(name: str, *commands: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+            box = CargoSandbox(tmp_path / name, config_toml=config, env_extra=proxy_client_env(proxy))
+            result = box.run(["generate-lockfile"], project)
+            for command in commands:
+                result = box.run([command], project, check=check, extra_env={"CARGO_NET_RETRY": "0"})
+            return result
+
+        refused = run("corrupt", "fetch", check=False)
+        assert refused.returncode != 0 and f"memchr {victim.vers}: the download's sha256" in refused.stderr
+        origin.restore()
+        run("cold", "fetch")
+        lock = locked_versions(project / "Cargo.lock")
+        fetched = {(name, vers) for name, versions in lock.items() for vers in versions}
+        downloads = crate_downloads(origin)
+        assert len(set(downloads)) == len(fetched), "each crate came from the company's download host"
+
+        origin.reset_counts()
+        seen = len(proxy.access())
+        run("warm", "fetch")
+        assert crate_downloads(origin) == []
+        warm = [r for r in proxy.access()[seen:] if r["host"] == "dl.company.example"]
+        assert len(warm) == len(fetched) and {r["outcome"] for r in warm} == {"HIT"}, warm
+    finally:
+        origin.close()
