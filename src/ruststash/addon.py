@@ -93,7 +93,7 @@ class RuststashAddon:
             return
         host, port = str(data.server.address[0]), int(data.server.address[1])
         addresses: list[str] = []
-        if self.egress.deny_private and (host.lower(), port) not in self.egress.always_allowed:
+        if self.egress.deny_private and not self.egress.is_ours(host, port):
             try:
                 infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
                 addresses = [str(info[4][0]) for info in infos]

@@ -23,6 +23,10 @@ class EgressPolicy:
     deny_private: bool = False
     always_allowed: frozenset[tuple[str, int]] = frozenset()  # ruststash's own origins and loopback services
 
+    def is_ours(self, host: str, port: int) -> bool:
+        """ruststash's own origins and loopback services: always allowed, always connected to by name."""
+        return (host.lower(), port) in self.always_allowed
+
     def _pattern_matches(self, host: str) -> bool:
         for pattern in self.tunnel_allow:
             regex = "^" + re.escape(pattern.lower()).replace(r"\*", "[^.]+") + "$"
@@ -41,7 +45,7 @@ def is_internal(address: str) -> bool:
 
 def refusal(policy: EgressPolicy, host: str, port: int, addresses: Sequence[str]) -> str | None:
     """Why a connection to host:port (resolving to `addresses`) must not be made, or None."""
-    if (host.lower(), port) in policy.always_allowed:
+    if policy.is_ours(host, port):
         return None
     if policy.tunnel_allow and not policy._pattern_matches(host):
         return f"{host} is not in --tunnel-allow"
@@ -57,6 +61,6 @@ def refusal(policy: EgressPolicy, host: str, port: int, addresses: Sequence[str]
 def pinned_address(policy: EgressPolicy, host: str, port: int, addresses: Sequence[str]) -> str | None:
     """The address to connect to instead of `host` once `refusal` allowed it, or None to connect by name.
     The first address is the one a connect by name would try first (getaddrinfo's order)."""
-    if not policy.deny_private or (host.lower(), port) in policy.always_allowed or not addresses:
+    if not policy.deny_private or policy.is_ours(host, port) or not addresses:
         return None
     return addresses[0]
