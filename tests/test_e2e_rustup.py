@@ -155,20 +155,28 @@ def test_rustup_self_update_through_the_proxy(tmp_path: Path, dist: FakeRustDist
     assert fetches == ["MISS", "HIT"], proxy.access()
 
 
+@pytest.mark.parametrize("prefix", ["", "/rust-static"], ids=["at-the-root", "below-a-path"])
 def test_a_rustup_mirror_named_with_cache_host_is_cached_and_checked(
-    tmp_path: Path, start_proxy: ProxyFactory, dist: FakeRustDist, release: PublishedRelease, origin_tls: OriginTLS
+    tmp_path: Path,
+    start_proxy: ProxyFactory,
+    dist: FakeRustDist,
+    release: PublishedRelease,
+    origin_tls: OriginTLS,
+    prefix: str,
 ) -> None:
     """A site's own rustup mirror (RUSTUP_DIST_SERVER), named with --cache-host: rustup asks the mirror for
-    the same paths, and the proxy checks each archive against the hash the mirror's manifest gives."""
+    the same paths (below the mirror's path, if it has one, as some public mirrors do), and the proxy checks
+    each archive against the hash the mirror's manifest gives."""
     mirror = "rust-mirror.example"
+    dist.serve_below(prefix or "/unused")
     proxy = start_proxy(
         ["--cache-host", mirror, "--upstream", f"{mirror}={dist.url}", "--upstream-ca", str(origin_tls.ca_pem)]
     )
-    victim = release.archive_path("rustc")
+    victim = prefix + release.archive_path("rustc")
     dist.corrupt(victim)
     for name in ("corrupt", "cold", "warm"):
         user = make_rustup_client(
-            tmp_path / name, dist_server=f"https://{mirror}", proxy=proxy.url, ca_pem=proxy.bundle
+            tmp_path / name, dist_server=f"https://{mirror}{prefix}", proxy=proxy.url, ca_pem=proxy.bundle
         )
         if name == "corrupt":
             failed = user.rustup("toolchain", "install", "stable", "--profile", "minimal", "--no-self-update",
@@ -180,6 +188,7 @@ def test_a_rustup_mirror_named_with_cache_host_is_cached_and_checked(
         assert rustc_version(user, "stable") == f"rustc {release.release.full_version}"
     lines = [(r["host"], r["path"], r["outcome"]) for r in proxy.access()]
     assert {host for host, _, _ in lines} == {mirror}
+    assert all(path.startswith(prefix + "/dist/") for _, path, _ in lines), lines
     refused = [line for line in lines if line[1] == victim]
     assert refused[0][2] == "ERROR", "the corrupt archive did not match the mirror's manifest"
     warm = [outcome for _, path, outcome in lines[-3:] if path.endswith(".tar.xz")]

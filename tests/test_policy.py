@@ -14,6 +14,7 @@ from ruststash.policy import (
     index_path,
     is_registry_write,
     registry_from_dl,
+    split_dist_prefix,
 )
 
 REGISTRIES = (CRATES_IO,)
@@ -206,6 +207,44 @@ def test_classify_rustup(path: str, kind: Kind, key: str | None, rule: Rule, min
     if kind in (Kind.MANIFEST, Kind.MANIFEST_SHA256):
         assert decision.manifest is not None
         assert decision.manifest.sha256_path == decision.manifest.toml_path + ".sha256"
+
+
+MIRROR = "mirror.example"
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "key"),
+    [
+        ("/rust-static/dist/channel-rust-stable.toml.sha256", Kind.MANIFEST_SHA256,
+         "manifest:" + MIRROR + "/rust-static/dist/channel-rust-stable.toml"),
+        ("/a/b/dist/2026-04-14/rustc-1.95.0-x86_64-unknown-linux-gnu.tar.xz", Kind.ARCHIVE,
+         "archive:" + MIRROR + "/a/b/dist/2026-04-14/rustc-1.95.0-x86_64-unknown-linux-gnu.tar.xz"),
+        ("/rust-static/rustup/release-stable.toml", Kind.DIST_FILE,
+         "dist:" + MIRROR + "/rust-static/rustup/release-stable.toml"),
+        ("/rust-static/rustup/dist/x86_64-unknown-linux-gnu/rustup-init", Kind.DIST_FILE, None),
+        ("/rust-static/rustup/archive/1.29.0/x86_64-unknown-linux-gnu/rustup-init", Kind.ARCHIVE, None),
+        ("/rust-static/dist/../dist/channel-rust-stable.toml", Kind.PASS, None),
+        ("/rust static/dist/channel-rust-stable.toml", Kind.PASS, None),
+        ("/rust-static/dist/other.txt", Kind.PASS, None),
+        ("/dist/config.json", Kind.CONFIG, None),  # a sparse registry below /dist/ is a registry
+    ],
+)  # fmt: skip
+def test_classify_a_rustup_mirror_below_a_path_prefix(path: str, kind: Kind, key: str | None) -> None:
+    decision = classify("GET", MIRROR, path, REGISTRIES)
+    assert decision.kind is kind
+    if key is not None:
+        assert decision.key == key
+    if decision.manifest is not None:
+        assert decision.manifest.prefix == "/rust-static"
+        assert decision.manifest.file_name == "channel-rust-stable.toml"
+
+
+def test_split_dist_prefix_takes_the_first_dist_or_rustup_segment() -> None:
+    assert split_dist_prefix("/dist/x") == ("", "/dist/x")
+    assert split_dist_prefix("/m/rustup/dist/t/rustup-init") == ("/m", "/rustup/dist/t/rustup-init")
+    assert split_dist_prefix("/a/dist/b/dist/c") == ("/a", "/dist/b/dist/c")
+    assert split_dist_prefix("/distx/y") is None
+    assert split_dist_prefix("/m/dist") is None
 
 
 def test_client_protocol_is_http1_only_for_hosts_of_large_files_that_offer_it() -> None:

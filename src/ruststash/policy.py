@@ -35,6 +35,9 @@ _MANIFEST = re.compile(
 _DATED_FILE = re.compile(rf"^/dist/{_DATE}/[A-Za-z0-9][A-Za-z0-9._+-]{{0,200}}$")
 _ARCHIVE_SUFFIX = re.compile(r"\.(?:tar\.(?:gz|xz|zst)|zip|msi|pkg|exe)$")
 _TRIPLE = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,80}"
+# A rustup mirror may serve static.rust-lang.org's tree below a path prefix (RUSTUP_DIST_SERVER=
+# https://host/rust-static): the prefix is everything before the first `/dist/` or `/rustup/` segment.
+_DIST_TREE = re.compile(r"^(?P<prefix>(?:/[A-Za-z0-9._~-]+)*?)(?P<rest>/(?:dist|rustup)/.*)$")
 _RUSTUP_RELEASE = re.compile(r"^/rustup/release-(?:stable|beta)\.toml$")
 _RUSTUP_INIT = re.compile(rf"^/rustup/dist/{_TRIPLE}/rustup-init(?:\.exe)?(?P<ext>\.sha256)?$")
 _RUSTUP_ARCHIVE = re.compile(
@@ -86,7 +89,8 @@ class CrateRef:
 class ManifestRef:
     """A channel manifest and its .sha256, which are stored and served as one pair."""
 
-    toml_path: str  # /dist/channel-rust-stable.toml
+    toml_path: str  # /dist/channel-rust-stable.toml, or below a mirror's prefix
+    prefix: str = ""  # the mirror's path prefix (/rust-static), or ""
 
     @property
     def sha256_path(self) -> str:
@@ -210,8 +214,8 @@ def classify(method: str, host: str, path: str, registries: tuple[Registry, ...]
                 return _crate_decision(registry.crate_ref(m.group("crate"), m.group("version")))
     if host == "crates.io" and (m := _CRATES_IO_API_DOWNLOAD.match(path)):
         return _crate_decision(CRATES_IO.crate_ref(m.group("crate"), m.group("version")))
-    if path.startswith(("/dist/", "/rustup/")):
-        return _rust_dist(host, path)
+    if (tree := split_dist_prefix(path)) is not None and (decision := _rust_dist(host, *tree)).kind is not Kind.PASS:
+        return decision
     if _CONFIG_JSON.match(path):
         return Decision(Kind.CONFIG, f"{Kind.CONFIG}:{host}{path}", Rule.REVALIDATE)
     if (m := _INDEX_FILE.match(path)) and _index_name_consistent(m):
@@ -244,8 +248,17 @@ def _plain_path(path: str) -> bool:
     return all(segment not in (".", "..") for segment in path.split("/"))
 
 
-def _rust_dist(host: str, path: str) -> Decision:
-    if m := _MANIFEST.match(path):
+def split_dist_prefix(path: str) -> tuple[str, str] | None:
+    """`/rust-static/dist/x` -> (`/rust-static`, `/dist/x`); `/dist/x` -> (``, `/dist/x`); None if the path
+    has no `/dist/` or `/rustup/` segment."""
+    m = _DIST_TREE.match(path)
+    return (m.group("prefix"), m.group("rest")) if m else None
+
+
+def _rust_dist(host: str, prefix: str, rest: str) -> Decision:
+    """Decide a path of static.rust-lang.org's tree, `rest`, served below `prefix` on `host`."""
+    path = prefix + rest
+    if m := _MANIFEST.match(rest):
         toml_path = path.removesuffix(m.group("ext") or "")
         pinned = m.group("date") is not None or m.group("channel").count(".") == 2
         if m.group("ext") == ".asc":
@@ -255,17 +268,17 @@ def _rust_dist(host: str, path: str) -> Decision:
             kind,
             f"{Kind.MANIFEST}:{host}{toml_path}",
             Rule.IMMUTABLE if m.group("date") else Rule.REVALIDATE,
-            manifest=ManifestRef(toml_path),
+            manifest=ManifestRef(toml_path, prefix),
             min_lifetime=PINNED_MANIFEST_LIFETIME if pinned else 0.0,
         )
-    if _DATED_FILE.match(path):
-        if _ARCHIVE_SUFFIX.search(path):
+    if _DATED_FILE.match(rest):
+        if _ARCHIVE_SUFFIX.search(rest):
             return Decision(Kind.ARCHIVE, f"{Kind.ARCHIVE}:{host}{path}", Rule.IMMUTABLE)
         return Decision(Kind.DIST_FILE, f"{Kind.DIST_FILE}:{host}{path}", Rule.IMMUTABLE)
-    if m := _RUSTUP_ARCHIVE.match(path):
+    if m := _RUSTUP_ARCHIVE.match(rest):
         kind = Kind.DIST_FILE if m.group("ext") else Kind.ARCHIVE
         return Decision(kind, f"{kind}:{host}{path}", Rule.IMMUTABLE)
-    if _RUSTUP_INIT.match(path) or _RUSTUP_RELEASE.match(path):
+    if _RUSTUP_INIT.match(rest) or _RUSTUP_RELEASE.match(rest):
         return Decision(Kind.DIST_FILE, f"{Kind.DIST_FILE}:{host}{path}", Rule.REVALIDATE)
     return PASS
 

@@ -250,6 +250,7 @@ class FakeRustDist:
         self._overrides: dict[str, Path] = {}
         self._faults: dict[str, Fault] = {}
         self._hang_release = threading.Event()
+        self._mounts: tuple[str, ...] = ()
         self.published: list[PublishedRelease] = []
         app = web.Application(middlewares=[self._middleware])
         app.on_response_prepare.append(self._on_prepare)
@@ -385,9 +386,20 @@ class FakeRustDist:
             shutil.copyfile(source, tmp)
         os.replace(tmp, target)
 
+    def serve_below(self, prefix: str) -> None:
+        """Serve the tree below the URL path ``prefix`` too (``/rust-static``), as some public mirrors do."""
+        self._mounts = (*self._mounts, prefix.rstrip("/"))
+
+    def tree_path(self, path: str) -> str:
+        """A URL path with its mount prefix (see `serve_below`) taken off."""
+        for mount in self._mounts:
+            if path.startswith(mount + "/"):
+                return path.removeprefix(mount)
+        return path
+
     def file(self, path: str) -> Path:
         """The file on disk served for a URL path (ignoring `corrupt` overrides)."""
-        return self.root / path.lstrip("/")
+        return self.root / self.tree_path(path).lstrip("/")
 
     # ---- request log
 
@@ -535,7 +547,8 @@ class FakeRustDist:
         file = self._resolve(request.path)
         if file is None:
             raise web.HTTPNotFound(text=f"no such file: {request.path}\n")
-        headers = {"Cache-Control": cache_control_for(request.path), "Content-Type": content_type_for(request.path)}
+        path = self.tree_path(request.path)
+        headers = {"Cache-Control": cache_control_for(path), "Content-Type": content_type_for(path)}
         return web.FileResponse(file, chunk_size=256 * 1024, headers=headers)
 
     async def _apply_fault(self, fault: Fault, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -552,7 +565,7 @@ class FakeRustDist:
         """Stream ``file`` (honouring a single Range) slowly (trickle, throttle), partly (truncate) or altered
         (corrupt)."""
         size = (await asyncio.to_thread(file.stat)).st_size
-        headers = {"Cache-Control": cache_control_for(request.path), "Accept-Ranges": "bytes"}
+        headers = {"Cache-Control": cache_control_for(self.tree_path(request.path)), "Accept-Ranges": "bytes"}
         start, stop, status = 0, size, 200
         with contextlib.suppress(ValueError):
             wanted = _byte_range(request.http_range, size)
