@@ -33,10 +33,10 @@ def closed(fd: int) -> bool:
     return False
 
 
-async def get(port: int, path: str, read_all: bool) -> bytes:
+async def get(port: int, path: str, read_all: bool, extra: str = "") -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: blobs\r\nConnection: close\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: blobs\r\nConnection: close\r\n{extra}\r\n".encode())
         await writer.drain()
         if read_all:
             return await asyncio.wait_for(reader.read(), 30)
@@ -110,5 +110,22 @@ async def test_a_stale_body_carries_its_warning(body_file: Path) -> None:
             head = (await get(blobs.port, ticket, read_all=True)).partition(b"\r\n\r\n")[0].decode().lower()
             assert f"x-cache: {outcome.value.lower()}" in head
             assert ('warning: 110 ruststash "response is stale"' in head) is (outcome is Outcome.STALE)
+    finally:
+        await blobs.close()
+
+
+async def test_a_body_keeps_its_stored_validators_and_the_service_alone_weighs_conditions(body_file: Path) -> None:
+    """The service answers 304s itself, against the stored validators; what reaches the blob server is sent
+    whole with those validators, whatever conditions the client's request carries."""
+    stored = (("etag", '"stored"'), ("last-modified", "Tue, 14 Apr 2026 10:00:00 GMT"))
+    conditions = "If-None-Match: *\r\nIf-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n"
+    blobs = BlobServer()
+    await blobs.start()
+    try:
+        ticket = blobs.issue(Reply(200, stored, b"", Outcome.HIT, file=open_blob(body_file)))
+        head, _, body = (await get(blobs.port, ticket, read_all=True, extra=conditions)).partition(b"\r\n\r\n")
+        lines = head.decode().lower().split("\r\n")
+        assert lines[0] == "http/1.1 200 ok" and len(body) == SIZE
+        assert {'etag: "stored"', "last-modified: tue, 14 apr 2026 10:00:00 gmt"} <= set(lines)
     finally:
         await blobs.close()

@@ -106,7 +106,7 @@ def test_cold_warm_and_offline_installs(
 
 
 def test_a_new_machine_bootstraps_rustup_with_rustup_init_through_the_proxy(
-    tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
+    tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess, origin_tls: OriginTLS
 ) -> None:
     """What rustup.rs has a new user run: rustup-init.sh fetches `rustup/dist/<triple>/rustup-init` with curl,
     which installs rustup, which installs a toolchain. The real rustup binary (about 20 MB) is published as
@@ -138,6 +138,15 @@ def test_a_new_machine_bootstraps_rustup_with_rustup_init_through_the_proxy(
     # The stored copy is sent from its file (never held whole in memory), which also answers a Range.
     status, headers, part = proxied_get(proxy, path, {"range": "bytes=100-199"})
     assert (status, part, headers["x-cache"]) == (206, binary[100:200], fetches[1])
+    # ... with upstream's validators (not ones made from the blob file), and a Range whose If-Range names
+    # another body (a download resumed after rustup-init changed) gets the whole current body.
+    context = ssl.create_default_context(cafile=str(origin_tls.ca_pem))
+    with urllib.request.urlopen(dist.url + path, context=context, timeout=60) as direct:
+        validators = (direct.headers["etag"], direct.headers["last-modified"])
+    assert (headers["etag"], headers["last-modified"]) == validators
+    for if_range, expected in ((validators[0], (206, binary[100:200])), ('"another-body"', (200, binary))):
+        status, _, body = proxied_get(proxy, path, {"range": "bytes=100-199", "if-range": if_range})
+        assert (status, body) == expected, if_range
 
 
 def test_rustup_self_update_through_the_proxy(tmp_path: Path, dist: FakeRustDist, proxy: ProxyProcess) -> None:

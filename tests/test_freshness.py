@@ -4,7 +4,14 @@ import math
 
 import pytest
 
-from ruststash.freshness import etag_matches, freshness_lifetime, is_fresh, not_modified, parse_cache_control
+from ruststash.freshness import (
+    etag_matches,
+    freshness_lifetime,
+    is_fresh,
+    not_modified,
+    parse_cache_control,
+    range_applies,
+)
 
 
 def test_parse_cache_control() -> None:
@@ -57,3 +64,25 @@ def test_not_modified_prefers_if_none_match() -> None:
     assert not not_modified({"if-modified-since": "Mon, 31 Aug 2026 10:00:00 GMT"}, None, lm)
     assert not not_modified({"if-modified-since": "garbage"}, None, lm)
     assert not not_modified({}, '"a"', lm)
+
+
+LM = "Tue, 14 Apr 2026 10:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("headers", "etag", "last_modified", "applies"),
+    [
+        ({}, None, None, True),  # no If-Range: any Range is honoured
+        ({"if-range": '"a"'}, '"a"', LM, True),
+        ({"if-range": '"b"'}, '"a"', LM, False),  # another body: the whole one
+        ({"if-range": 'W/"a"'}, 'W/"a"', LM, False),  # weak tags never match for If-Range
+        ({"if-range": '"a"'}, 'W/"a"', LM, False),
+        ({"if-range": '"a"'}, None, LM, False),
+        ({"if-range": LM}, '"a"', LM, True),  # the very date
+        ({"if-range": "Tue, 14 Apr 2026 11:00:00 GMT"}, '"a"', LM, False),  # a later date is no match either
+        ({"if-range": LM}, '"a"', None, False),
+        ({"if-range": "garbage"}, '"a"', LM, False),
+    ],
+)
+def test_range_applies(headers: dict[str, str], etag: str | None, last_modified: str | None, applies: bool) -> None:
+    assert range_applies(headers, etag, last_modified) is applies

@@ -13,11 +13,14 @@ import contextlib
 import logging
 import secrets
 import time
+from datetime import datetime
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import ETag
 
 from .errors import UpstreamError
+from .freshness import CONDITIONAL_HEADERS, range_applies
 from .replies import STALE_WARNING, Outcome, Reply
 
 logger = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ class BlobServer:
             try:
                 stored = _SentInHandler(reply.file.path, headers=headers)
                 with contextlib.suppress(ConnectionError):  # mitmproxy dropped it (its client went away)
-                    await stored.prepare(request)
+                    await stored.prepare(_unconditional(request, reply))
                 return stored
             finally:
                 reply.file.close()
@@ -97,12 +100,47 @@ class BlobServer:
         return response
 
 
+def _unconditional(request: web.Request, reply: Reply) -> web.Request:
+    """The client's request as FileResponse is to see it: without its conditions, which the service has
+    already weighed against the stored validators (a 304 never comes here), and without its Range if its
+    If-Range does not name the stored body. FileResponse would weigh them against its own validators, made
+    from the blob file's mtime and size, which say nothing of which body the client holds."""
+    stored = dict(reply.headers)
+    keep_range = range_applies(request.headers, stored.get("etag"), stored.get("last-modified"))
+    if not keep_range or any(name in request.headers for name in CONDITIONAL_HEADERS):
+        drop = CONDITIONAL_HEADERS if keep_range else (*CONDITIONAL_HEADERS, "range")
+        headers = request.headers.copy()
+        for name in drop:
+            headers.popall(name, None)
+        return request.clone(headers=headers)
+    return request
+
+
 class _SentInHandler(web.FileResponse):
     """A FileResponse that the handler sends itself (so that the handle it reads is closed afterwards).
     aiohttp prepares whatever a handler returns once more, which a FileResponse would take as a new send:
-    only the first call sends (a send cut short by a closed connection is not tried again)."""
+    only the first call sends (a send cut short by a closed connection is not tried again).
+
+    It keeps the stored body's validators (given in its headers): FileResponse would put its own over them,
+    made from the blob file, so a client would see other validators than for the same body from memory."""
 
     _sending = False
+
+    @property
+    def etag(self) -> ETag | None:
+        return web.StreamResponse.etag.fget(self)  # type: ignore[attr-defined, no-any-return]
+
+    @etag.setter
+    def etag(self, value: object) -> None:
+        pass
+
+    @property
+    def last_modified(self) -> datetime | None:
+        return web.StreamResponse.last_modified.fget(self)  # type: ignore[attr-defined, no-any-return]
+
+    @last_modified.setter
+    def last_modified(self, value: object) -> None:
+        pass
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self._sending:

@@ -89,3 +89,20 @@ def not_modified(request_headers: Mapping[str, str], etag: str | None, last_modi
         return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(ims)
     except (TypeError, ValueError, OverflowError):  # a client's absurd date is simply not a match
         return False
+
+
+# What a client may send to make its request conditional (RFC 9110 §13.1).
+CONDITIONAL_HEADERS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range")
+
+
+def range_applies(request_headers: Mapping[str, str], etag: str | None, last_modified: str | None) -> bool:
+    """Whether a client's Range is to be honoured for a stored body with these validators (RFC 9110 §13.1.5):
+    always without If-Range; with it, only if it names this body exactly (a strong ETag, or the very
+    Last-Modified date). Otherwise the client resumes a body that may have changed: it gets the whole."""
+    if_range = request_headers.get("if-range")
+    if if_range is None:
+        return True
+    if_range = if_range.strip()
+    if if_range.startswith(('"', "W/")):
+        return etag is not None and not etag.startswith("W/") and if_range == etag.strip()
+    return last_modified is not None and if_range == last_modified.strip()
