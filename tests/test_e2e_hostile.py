@@ -403,6 +403,20 @@ def test_chunked_trailers(attack: Target) -> None:
             assert_refused(reply, also=(200, 404, 405))
 
 
+def test_a_get_with_a_large_body_on_a_cached_path_goes_to_the_origin_uncached(attack: Target) -> None:
+    """A GET with a body (above the 1 MiB from which mitmproxy streams it) is no cache's business: it is passed
+    to the host's `--upstream` origin like a POST, never to the cached host itself, nor stored."""
+    body = b"b" * (3 << 20)
+    head = (
+        f"GET /config.json HTTP/1.1\r\nHost: {CACHED_HOST}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    before = len(attack.proxy.access())
+    reply = tunnel_exchange(attack.proxy, head.encode() + body, timeout=READ_TIMEOUT * 2)
+    assert status_of(reply) == 200 and b'"dl"' in reply, reply[:300]
+    lines = [(r["path"], r["outcome"]) for r in attack.proxy.access()[before:]]
+    assert lines == [("/config.json", "PASS")], lines
+
+
 # --- HTTP/2 inside an intercepted tunnel -----------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from ruststash.policy import (
     CRATES_IO,
     Kind,
     Rule,
+    carries_body,
     classify,
     client_protocol,
     config_prefix,
@@ -271,3 +272,17 @@ def test_client_protocol_is_http1_only_for_hosts_of_large_files_that_offer_it() 
 )
 def test_registry_writes(method: str, path: str, write: bool) -> None:
     assert is_registry_write(method, path) is write
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({}, False),
+        ({"content-length": "0"}, False),
+        ({"content-length": "12"}, True),
+        ({"transfer-encoding": "chunked"}, True),
+        ({"content-length": " 0 "}, False),
+    ],
+)
+def test_a_request_with_a_body_is_told_apart(headers: dict[str, str], body: bool) -> None:
+    assert carries_body(headers) is body

@@ -14,7 +14,7 @@ the older `/crates/{name}/{name}-{version}.crate` form. Both forms name one immu
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum, StrEnum
 
@@ -230,6 +230,13 @@ _REGISTRY_WRITE = re.compile(rf"^(?:/[A-Za-z0-9._~-]+)*/api/v1/crates/(?:new|{_N
 def is_registry_write(method: str, path: str) -> bool:
     """A request through which a registry's index changes (`cargo publish`, `yank`, `yank --undo`)."""
     return method in ("PUT", "DELETE") and _REGISTRY_WRITE.match(path) is not None
+
+
+def carries_body(headers: Mapping[str, str]) -> bool:
+    """Whether a request (lowercase header names) has a body: one is not cached whatever its method, as a GET
+    with a body means nothing a cache can know (RFC 9110 §9.3.1). cargo and rustup never send one."""
+    length = headers.get("content-length", "0").strip()
+    return "transfer-encoding" in headers or length != "0"
 
 
 def client_protocol(sni: str | None, offers: Sequence[bytes]) -> bytes | None:

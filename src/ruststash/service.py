@@ -137,7 +137,7 @@ class CacheService:
         return any(h.matches(host, port) for h in self.cache_hosts)
 
     def decide(self, request: ClientRequest) -> Decision:
-        if not self.is_cached_host(request.host, request.port):
+        if not self.is_cached_host(request.host, request.port) or policy.carries_body(request.headers):
             return policy.PASS
         decision = policy.classify(request.method, request.host, request.path, self.registries)
         return policy.scoped(decision, credential_scope(request.headers))
