@@ -226,6 +226,40 @@ def test_rustups_other_download_backends_install_through_the_proxy(
     assert {r["outcome"] for r in archive_lines[len(fetched) :]} == {"HIT"}
 
 
+def test_components_and_targets_added_later_come_through_the_proxy_and_then_from_the_cache(
+    tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
+) -> None:
+    """What CI scripts do after installing a toolchain: `rustup component add clippy rustfmt` (names that the
+    manifest renames) and `rustup target add wasm32-unknown-unknown`. The first machine fetches them once
+    through the proxy, a second gets them from the cache, and a third installs all at once with upstream
+    gone."""
+    wanted = [release.archive_path(p) for p in ("clippy-preview", "rustfmt-preview")]
+    wanted.append(release.archive_path("rust-std", target="wasm32-unknown-unknown"))
+
+    def add_all(user: RustupClient) -> None:
+        user.rustup("component", "add", "clippy", "rustfmt")
+        user.rustup("target", "add", "wasm32-unknown-unknown")
+        listed = user.rustup("component", "list", "--installed").stdout.split()
+        assert {f"clippy-{HOST_TRIPLE}", f"rustfmt-{HOST_TRIPLE}", "rust-std-wasm32-unknown-unknown"} <= set(listed), (
+            listed
+        )
+
+    for name in ("first", "second"):
+        user = client(tmp_path / name, proxy)
+        user.install("stable")
+        add_all(user)
+    assert sorted(p for p in archive_requests(dist) if p in wanted) == sorted(wanted), "fetched more than once"
+    outcomes = [r["outcome"] for r in proxy.access() if r["path"] in wanted]
+    assert outcomes == ["MISS"] * 3 + ["HIT"] * 3, outcomes
+
+    dist.stop()
+    offline = client(tmp_path / "offline", proxy)
+    offline.install("stable", "--component", "clippy,rustfmt", "--target", "wasm32-unknown-unknown")
+    assert {f"clippy-{HOST_TRIPLE}", "rust-std-wasm32-unknown-unknown"} <= set(
+        offline.rustup("component", "list", "--installed").stdout.split()
+    )
+
+
 def test_update_to_a_newer_stable_keeps_the_old_one_installable(
     tmp_path: Path, dist: FakeRustDist, release: PublishedRelease, proxy: ProxyProcess
 ) -> None:
