@@ -451,13 +451,16 @@ def test_cargo_publish_through_the_proxy_then_another_project_uses_the_crate(
     assert [r["outcome"] for r in proxy.access() if r["path"] == "/crates/fresh-crate/0.1.0/download"] == ["MISS"]
 
 
+@pytest.mark.parametrize("scheme", ["https", "http"])
 def test_a_private_registry_named_with_cache_host_is_cached_and_checked(
-    tmp_path: Path, start_proxy: ProxyFactory, edge_registry: Registry, origin_tls: OriginTLS
+    tmp_path: Path, start_proxy: ProxyFactory, edge_registry: Registry, origin_tls: OriginTLS, scheme: str
 ) -> None:
     """A company registry that mirrors crates.io (cargo's source replacement), its index and downloads on two
     hosts of its own, named with --cache-host. The proxy learns the download host from the registry's
-    config.json and checks every crate against that registry's index, as it does for crates.io."""
-    origin = FakeCratesIo(edge_registry, origin_tls, dl="https://dl.company.example/crates")
+    config.json and checks every crate against that registry's index, as it does for crates.io. An intranet
+    registry may be plain HTTP (`sparse+http://`): cargo then sends plain proxy requests, cached the same."""
+    plain = scheme == "http"
+    origin = FakeCratesIo(edge_registry, origin_tls, dl=f"{scheme}://dl.company.example/crates", plain_http=plain)
     try:
         victim = edge_registry.get("memchr", max(c.vers for c in edge_registry.versions("memchr")))
         origin.corrupt_crate(victim.name, victim.vers)
@@ -471,12 +474,13 @@ def test_a_private_registry_named_with_cache_host_is_cached_and_checked(
         )  # fmt: skip
         config = (
             '[source.crates-io]\nreplace-with = "company"\n\n'
-            '[source.company]\nregistry = "sparse+https://registry.company.example/"\n'
+            f'[source.company]\nregistry = "sparse+{scheme}://registry.company.example/"\n'
         )
         project = consumer(tmp_path, edge_registry)
 
         def run(name: str, *commands: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-            box = CargoSandbox(tmp_path / name, config_toml=config, env_extra=proxy_client_env(proxy))
+            env = proxy_client_env(proxy) | ({"http_proxy": proxy.url} if plain else {})  # libcurl: lowercase
+            box = CargoSandbox(tmp_path / name, config_toml=config, env_extra=env)
             result = box.run(["generate-lockfile"], project)
             for command in commands:
                 result = box.run([command], project, check=check, extra_env={"CARGO_NET_RETRY": "0"})

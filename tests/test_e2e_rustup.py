@@ -204,6 +204,37 @@ def test_a_rustup_mirror_named_with_cache_host_is_cached_and_checked(
     assert warm == ["HIT"] * 3, lines
 
 
+def test_a_plain_http_mirror_named_with_cache_host_is_cached_and_checked(
+    tmp_path: Path, start_proxy: ProxyFactory, origin_tls: OriginTLS
+) -> None:
+    """An intranet mirror served over plain HTTP (RUSTUP_DIST_SERVER=http://...): rustup sends its requests to
+    the proxy as plain-HTTP proxy requests (HTTP_PROXY), and they are cached and checked as over HTTPS."""
+    mirror = "rust-mirror.intranet"
+    with FakeRustDist(origin_tls, tmp_path / "origin", plain_http=True) as plain:
+        release = plain.publish()
+        proxy = start_proxy(["--cache-host", mirror, "--upstream", f"{mirror}={plain.url}"])
+        victim = release.archive_path("rustc")
+        plain.corrupt(victim)
+        for name in ("corrupt", "cold", "warm"):
+            user = make_rustup_client(
+                tmp_path / name, dist_server=f"http://{mirror}", proxy=proxy.url, ca_pem=proxy.bundle
+            )
+            if name == "corrupt":
+                failed = user.rustup("toolchain", "install", "stable", "--profile", "minimal", "--no-self-update",
+                                     check=False, env={"RUSTUP_MAX_RETRIES": "0"})  # fmt: skip
+                assert failed.returncode != 0
+                plain.restore()
+                continue
+            user.install("stable", profile="minimal")
+            assert rustc_version(user, "stable") == f"rustc {release.release.full_version}"
+    lines = [(r["host"], r["path"], r["outcome"]) for r in proxy.access()]
+    assert {host for host, _, _ in lines} == {mirror}
+    refused = [line for line in lines if line[1] == victim]
+    assert refused[0][2] == "ERROR", "the corrupt archive did not match the mirror's manifest"
+    warm = [outcome for _, path, outcome in lines[-3:] if path.endswith(".tar.xz")]
+    assert warm == ["HIT"] * 3, lines
+
+
 @pytest.mark.parametrize(
     "backend",
     [

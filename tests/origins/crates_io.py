@@ -121,6 +121,7 @@ class FakeCratesIo:
         dl: str | None = None,
         index_cache_control: str = INDEX_CACHE_CONTROL,
         conditional: bool = True,
+        plain_http: bool = False,
     ) -> None:
         self.registry = registry
         self.index_cache_control = index_cache_control
@@ -131,8 +132,8 @@ class FakeCratesIo:
         self._state.modified = {c.name.lower(): start for c in registry.crates}
         self._hang_release = threading.Event()
         self._servers: dict[Site, BackgroundServer] = {
-            "index": BackgroundServer(self._index_app(), tls.server_context()),
-            "static": BackgroundServer(self._static_app(), tls.server_context()),
+            "index": BackgroundServer(self._index_app(), None if plain_http else tls.server_context()),
+            "static": BackgroundServer(self._static_app(), None if plain_http else tls.server_context()),
         }
         self.start()
         self._config["dl"] = self._config["dl"].replace("{static_url}", self.static_url)

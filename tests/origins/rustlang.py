@@ -237,6 +237,7 @@ class FakeRustDist:
         extra_std_targets: tuple[str, ...] = ("wasm32-unknown-unknown",),
         rustup_version: str | None = DEFAULT_RUSTUP_VERSION,
         start: bool = True,
+        plain_http: bool = False,
     ) -> None:
         self.workdir = workdir
         self.root = workdir / "www"
@@ -255,7 +256,7 @@ class FakeRustDist:
         app = web.Application(middlewares=[self._middleware])
         app.on_response_prepare.append(self._on_prepare)
         app.router.add_get("/{tail:.*}", self._handle)
-        self.server = BackgroundServer(app, tls.server_context())
+        self.server = BackgroundServer(app, None if plain_http else tls.server_context())
         if rustup_version is not None:
             self.publish_rustup(rustup_version)
         if start:
