@@ -624,6 +624,29 @@ def test_http2_rapid_reset_and_ping_flood(attack: Target) -> None:
                     break
 
 
+# --- pipelining ------------------------------------------------------------------------------------------------
+
+PIPELINED = 2000
+
+
+def test_a_flood_of_pipelined_hits_is_answered_in_order_and_others_are_still_served(attack: Target) -> None:
+    """Two thousand GETs for a cached file in one write on one HTTP/1.1 connection (each answered from memory,
+    with hooks that never suspend, one after another's): every one is answered while another
+    client's request is served meanwhile; no recursion builds up and nothing is left behind."""
+    one = f"GET /config.json HTTP/1.1\r\nHost: {CACHED_HOST}\r\n\r\n".encode()
+    last = f"GET /config.json HTTP/1.1\r\nHost: {CACHED_HOST}\r\nConnection: close\r\n\r\n".encode()
+    other: list[int | None] = []
+    with open_tunnel(attack.proxy) as tls:
+        tls.sendall(one * (PIPELINED - 1) + last)
+        meanwhile = threading.Thread(target=lambda: other.append(https_get(attack.proxy, "/config.json")[0]))
+        meanwhile.start()
+        reply = read_until_closed(tls, time.monotonic() + 60, limit=1 << 26)
+        meanwhile.join(READ_TIMEOUT * 2)
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == PIPELINED, reply[-300:]
+    assert reply.count(b'"dl"') == PIPELINED
+    assert other == [200]
+
+
 # --- slowloris -------------------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,7 +20,8 @@ with warnings.catch_warnings():  # mitmproxy's addons import pyparsing and ldap3
     from mitmproxy import connection, exceptions, http, options
     from mitmproxy.http import HTTPFlow
     from mitmproxy.master import Master
-    from mitmproxy.proxy import commands
+    from mitmproxy.proxy import commands, events, layer, server
+    from mitmproxy.proxy.context import Context
     from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
     from mitmproxy.proxy.layers.tls import TLSLayer
 
@@ -177,3 +179,94 @@ def test_a_large_write_leaves_the_tls_layer_in_one_piece_that_the_peer_decrypts(
         while len(received) < len(body):
             received += client.recv(1 << 20)
     assert received == body
+
+
+@dataclass
+class QuickHook(commands.StartHook):
+    """A hook whose handler finishes without suspending."""
+
+    name = "ruststash_test_quick"
+    data: object
+
+
+@dataclass
+class WaitingHook(commands.StartHook):
+    """A hook whose handler waits (an upstream fetch, say)."""
+
+    name = "ruststash_test_waiting"
+    data: object
+
+
+class HooksInTurn(layer.Layer):
+    """On start, a quick hook, a waiting hook, then two quick hooks; records each completion."""
+
+    def __init__(self, context: Context, done: list[str]) -> None:
+        super().__init__(context)
+        self.done = done
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            for step, hook in enumerate((QuickHook, WaitingHook, QuickHook, QuickHook)):
+                yield hook(step)
+                self.done.append(f"{step}:{hook.name.rsplit('_', 1)[1]}")
+
+
+class Handler(server.ConnectionHandler):
+    def __init__(self, context: Context, release: asyncio.Event) -> None:
+        super().__init__(context)
+        self.release = release
+
+    async def handle_hook(self, hook: commands.StartHook) -> None:
+        if isinstance(hook, WaitingHook):
+            await self.release.wait()
+
+
+async def started_hooks_in_turn(done: list[str], release: asyncio.Event) -> None:
+    """A connection whose layer runs `HooksInTurn`, started (its first hooks run) as mitmproxy runs tasks."""
+    mitm_tuning.install()
+    client = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0.0)
+    context = Context(client, options.Options())
+    handler = Handler(context, release)
+    handler.layer = HooksInTurn(context, done)
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # as mitmproxy's Master and ruststash's proxy run it
+    try:
+        await handler.server_event(events.Start())
+    finally:
+        loop.set_task_factory(None)
+
+
+async def test_a_hook_that_does_not_suspend_is_completed_before_server_event_returns() -> None:
+    """Each hook's completion used to wait for the connection's lock, a trip round the event loop per hook
+    (mitm_tuning's docstring); one that finishes at once is now handed back within the same call. One that
+    waits completes as before, and the order of a flow's hooks is kept."""
+    done: list[str] = []
+    release = asyncio.Event()
+    await started_hooks_in_turn(done, release)
+    assert done == ["0:quick"], "the quick hook took a trip round the loop"
+
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert done == ["0:quick"], "a waiting hook completed before its handler finished"
+    release.set()
+    for _ in range(50):  # bounded: the waiting hook's task resumes within a few turns
+        if len(done) == 4:
+            break
+        await asyncio.sleep(0)
+    assert done == ["0:quick", "1:waiting", "2:quick", "3:quick"]
+
+
+async def test_completions_past_the_slice_are_delivered_by_a_task_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a connection has completed hooks inline for longer than INLINE_SLICE, the rest wait one turn of the
+    loop (other connections go first) and then still all arrive, in order."""
+    monkeypatch.setattr(mitm_tuning, "INLINE_SLICE", -1.0)  # every chain is past its slice at once
+    done: list[str] = []
+    release = asyncio.Event()
+    release.set()
+    await started_hooks_in_turn(done, release)
+    assert done == [], "completed inline beyond the slice"
+    for _ in range(50):  # bounded: the delivering task runs within a few turns
+        if len(done) == 4:
+            break
+        await asyncio.sleep(0)
+    assert done == ["0:quick", "1:waiting", "2:quick", "3:quick"]
