@@ -164,6 +164,31 @@ def test_rustup_self_update_through_the_proxy(tmp_path: Path, dist: FakeRustDist
     assert fetches == ["MISS", "HIT"], proxy.access()
 
 
+def install_from_a_mirror_refused_then_cold_then_warm(
+    tmp_path: Path, proxy: ProxyProcess, origin: FakeRustDist, release: PublishedRelease, dist_server: str, victim: str
+) -> list[tuple[str, str, str]]:
+    """Three new machines install stable from `dist_server` through `proxy`: while `victim` is corrupt at the
+    origin (the install fails), then twice after it is mended. Checks that the corrupt archive was refused
+    against the mirror's manifest and the third install came from the cache; returns the access lines."""
+    origin.corrupt(victim)
+    for name in ("corrupt", "cold", "warm"):
+        user = make_rustup_client(tmp_path / name, dist_server=dist_server, proxy=proxy.url, ca_pem=proxy.bundle)
+        if name == "corrupt":
+            failed = user.rustup("toolchain", "install", "stable", "--profile", "minimal", "--no-self-update",
+                                 check=False, env={"RUSTUP_MAX_RETRIES": "0"})  # fmt: skip
+            assert failed.returncode != 0
+            origin.restore()
+            continue
+        user.install("stable", profile="minimal")
+        assert rustc_version(user, "stable") == f"rustc {release.release.full_version}"
+    lines = [(r["host"], r["path"], r["outcome"]) for r in proxy.access()]
+    refused = [line for line in lines if line[1] == victim]
+    assert refused[0][2] == "ERROR", "the corrupt archive did not match the mirror's manifest"
+    warm = [outcome for _, path, outcome in lines[-3:] if path.endswith(".tar.xz")]
+    assert warm == ["HIT"] * 3, lines
+    return lines
+
+
 @pytest.mark.parametrize("prefix", ["", "/rust-static"], ids=["at-the-root", "below-a-path"])
 def test_a_rustup_mirror_named_with_cache_host_is_cached_and_checked(
     tmp_path: Path,
@@ -182,26 +207,11 @@ def test_a_rustup_mirror_named_with_cache_host_is_cached_and_checked(
         ["--cache-host", mirror, "--upstream", f"{mirror}={dist.url}", "--upstream-ca", str(origin_tls.ca_pem)]
     )
     victim = prefix + release.archive_path("rustc")
-    dist.corrupt(victim)
-    for name in ("corrupt", "cold", "warm"):
-        user = make_rustup_client(
-            tmp_path / name, dist_server=f"https://{mirror}{prefix}", proxy=proxy.url, ca_pem=proxy.bundle
-        )
-        if name == "corrupt":
-            failed = user.rustup("toolchain", "install", "stable", "--profile", "minimal", "--no-self-update",
-                                 check=False)  # fmt: skip
-            assert failed.returncode != 0
-            dist.restore()
-            continue
-        user.install("stable", profile="minimal")
-        assert rustc_version(user, "stable") == f"rustc {release.release.full_version}"
-    lines = [(r["host"], r["path"], r["outcome"]) for r in proxy.access()]
+    lines = install_from_a_mirror_refused_then_cold_then_warm(
+        tmp_path, proxy, dist, release, f"https://{mirror}{prefix}", victim
+    )
     assert {host for host, _, _ in lines} == {mirror}
     assert all(path.startswith(prefix + "/dist/") for _, path, _ in lines), lines
-    refused = [line for line in lines if line[1] == victim]
-    assert refused[0][2] == "ERROR", "the corrupt archive did not match the mirror's manifest"
-    warm = [outcome for _, path, outcome in lines[-3:] if path.endswith(".tar.xz")]
-    assert warm == ["HIT"] * 3, lines
 
 
 def test_a_plain_http_mirror_named_with_cache_host_is_cached_and_checked(
@@ -214,25 +224,10 @@ def test_a_plain_http_mirror_named_with_cache_host_is_cached_and_checked(
         release = plain.publish()
         proxy = start_proxy(["--cache-host", mirror, "--upstream", f"{mirror}={plain.url}"])
         victim = release.archive_path("rustc")
-        plain.corrupt(victim)
-        for name in ("corrupt", "cold", "warm"):
-            user = make_rustup_client(
-                tmp_path / name, dist_server=f"http://{mirror}", proxy=proxy.url, ca_pem=proxy.bundle
-            )
-            if name == "corrupt":
-                failed = user.rustup("toolchain", "install", "stable", "--profile", "minimal", "--no-self-update",
-                                     check=False, env={"RUSTUP_MAX_RETRIES": "0"})  # fmt: skip
-                assert failed.returncode != 0
-                plain.restore()
-                continue
-            user.install("stable", profile="minimal")
-            assert rustc_version(user, "stable") == f"rustc {release.release.full_version}"
-    lines = [(r["host"], r["path"], r["outcome"]) for r in proxy.access()]
+        lines = install_from_a_mirror_refused_then_cold_then_warm(
+            tmp_path, proxy, plain, release, f"http://{mirror}", victim
+        )
     assert {host for host, _, _ in lines} == {mirror}
-    refused = [line for line in lines if line[1] == victim]
-    assert refused[0][2] == "ERROR", "the corrupt archive did not match the mirror's manifest"
-    warm = [outcome for _, path, outcome in lines[-3:] if path.endswith(".tar.xz")]
-    assert warm == ["HIT"] * 3, lines
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,9 @@ import contextlib
 import logging
 import secrets
 import time
-from datetime import datetime
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.helpers import ETag
 
 from .errors import UpstreamError
 from .freshness import CONDITIONAL_HEADERS, range_applies
@@ -126,21 +124,9 @@ class _SentInHandler(web.FileResponse):
 
     _sending = False
 
-    @property
-    def etag(self) -> ETag | None:
-        return web.StreamResponse.etag.fget(self)  # type: ignore[attr-defined, no-any-return]
-
-    @etag.setter
-    def etag(self, value: object) -> None:
-        pass
-
-    @property
-    def last_modified(self) -> datetime | None:
-        return web.StreamResponse.last_modified.fget(self)  # type: ignore[attr-defined, no-any-return]
-
-    @last_modified.setter
-    def last_modified(self, value: object) -> None:
-        pass
+    # FileResponse sets both from the blob file as it sends: those settings are ignored.
+    etag = property(web.StreamResponse.etag.fget, lambda self, value: None)  # type: ignore[attr-defined]
+    last_modified = property(web.StreamResponse.last_modified.fget, lambda self, value: None)  # type: ignore[attr-defined]
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self._sending:
