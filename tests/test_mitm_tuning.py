@@ -18,14 +18,25 @@ from OpenSSL import SSL
 with warnings.catch_warnings():  # mitmproxy's addons import pyparsing and ldap3 code that warns of deprecations
     warnings.simplefilter("ignore", DeprecationWarning)
     from mitmproxy import connection, exceptions, http, options
+    from mitmproxy.addons import proxyserver
     from mitmproxy.http import HTTPFlow
     from mitmproxy.master import Master
     from mitmproxy.proxy import commands, events, layer, server
     from mitmproxy.proxy.context import Context
-    from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
-    from mitmproxy.proxy.layers.tls import TLSLayer
+    from mitmproxy.proxy.layers.http import (
+        HttpLayer,
+        HTTPMode,
+        HttpRequestHook,
+        HttpResponseHook,
+        HttpStream,
+        SendHttp,
+    )
+    from mitmproxy.proxy.layers.http._events import RequestEndOfMessage, RequestHeaders
+    from mitmproxy.proxy.layers.tls import ClientTLSLayer, TLSLayer
+    from mitmproxy.proxy.tunnel import TunnelState
 
 from ruststash import mitm_tuning
+from ruststash.proxy import MITMPROXY_ADDONS
 
 
 class Named:
@@ -270,3 +281,109 @@ async def test_completions_past_the_slice_are_delivered_by_a_task_of_their_own(m
             break
         await asyncio.sleep(0)
     assert done == ["0:quick", "1:waiting", "2:quick", "3:quick"]
+
+
+def stream_with_request(master: Master, flows: list[HTTPFlow]) -> tuple[HttpStream, list[commands.Command]]:
+    """mitmproxy's HttpStream for one GET over HTTP/2, run up to its `request` hook; returns the hook's flow."""
+    client = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0.0)
+    client.tls = True
+    master.addons.add(proxyserver.Proxyserver())  # mitmproxy's proxy options
+    context = Context(client, master.options)
+    HttpLayer(context, HTTPMode.regular)
+    stream = HttpStream(context, 1)
+    request = http.Request.make("GET", "https://index.crates.io/config.json")
+    request.http_version = "HTTP/2.0"
+    issued = list(stream.handle_event(events.Start()))
+    issued += stream.handle_event(RequestHeaders(1, request, end_stream=True))
+    issued += stream.handle_event(events.HookCompleted(issued[-1]))  # requestheaders
+    issued += stream.handle_event(RequestEndOfMessage(1))
+    flows.append(issued[-1].flow)
+    return stream, issued
+
+
+# What mitmproxy's HttpStream issues once a response set by an addon goes out: headers, body, end of stream.
+RESPONSE_SENT = ["SendHttp", "SendHttp", "DropStream", "SendHttp"]
+
+
+def hooks_and_sends(issued: list[commands.Command]) -> list[str]:
+    return [type(command).__name__ for command in issued]
+
+
+async def test_a_flow_answered_in_the_request_hook_skips_its_response_hooks(master: Master) -> None:
+    """Our addon answers a hit in `request`; its `responseheaders` and `response` hooks have nothing to do then
+    and are completed in the HTTP layer at once: the response goes out in the same event, with two hooks (a
+    task and a pass through the layers each) fewer per hit."""
+    flows: list[HTTPFlow] = []
+    stream, issued = stream_with_request(master, flows)
+    assert hooks_and_sends(issued) == ["HttpRequestHeadersHook", "HttpRequestHook"]
+    flows[0].response = http.Response.make(200, b"{}", {"content-type": "application/json"})
+    mitm_tuning.mark_answered(flows[0])
+
+    after = list(stream.handle_event(events.HookCompleted(issued[-1])))
+
+    assert hooks_and_sends(after) == RESPONSE_SENT
+    assert [type(command.event).__name__ for command in after if isinstance(command, SendHttp)] == [
+        "ResponseHeaders",
+        "ResponseData",
+        "ResponseEndOfMessage",
+    ]
+
+
+async def test_a_flow_answered_by_another_addon_or_forwarded_keeps_its_response_hooks(master: Master) -> None:
+    flows: list[HTTPFlow] = []
+    stream, issued = stream_with_request(master, flows)
+    flows[0].response = http.Response.make(200, b"{}")  # set, but not marked as ours
+
+    after = list(stream.handle_event(events.HookCompleted(issued[-1])))
+    assert hooks_and_sends(after) == ["HttpResponseHeadersHook"]
+    after = list(stream.handle_event(events.HookCompleted(after[-1])))
+    assert hooks_and_sends(after) == ["HttpResponseHook"]
+    after = list(stream.handle_event(events.HookCompleted(after[-1])))
+    assert hooks_and_sends(after) == RESPONSE_SENT
+
+
+def test_no_mitmproxy_addon_that_serve_loads_has_a_response_hook() -> None:
+    """mark_answered skips `responseheaders` and `response` for flows our addon answered: right only while no
+    other addon of serve's has them. A mitmproxy upgrade that adds one fails here."""
+    for addon in MITMPROXY_ADDONS:
+        assert not hasattr(addon, "responseheaders"), addon
+        assert not hasattr(addon, "response"), addon
+
+
+class Sends(layer.Layer):
+    """A child layer that, for one event, sends three pieces, logs, sends once more and closes."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        client = self.context.client
+        yield commands.SendData(client, b"HEADERS ")
+        yield commands.SendData(client, b"DATA ")
+        yield commands.SendData(client, b"END ")
+        yield commands.Log("between")
+        yield commands.SendData(client, b"LAST")
+        yield commands.CloseConnection(client)
+
+
+def test_what_a_child_sends_for_one_event_is_encrypted_in_one_piece_before_anything_else() -> None:
+    """A response's HEADERS, DATA and end-of-stream frames were three TLS records and three socket writes; now
+    one, in order, and whatever else the child asks for (here a log line, then a close) comes after what it sent
+    before it."""
+    mitm_tuning.install()
+    server, client = handshaken_pair()
+    peer = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0.0)
+    context = Context(peer, options.Options())
+    HttpLayer(context, HTTPMode.regular)  # the proxy's layer, whose CONNECT made the TLS layer
+    tls_layer = ClientTLSLayer(context)
+    tls_layer.tls = server
+    tls_layer.tunnel_state = TunnelState.OPEN
+    tls_layer.child_layer = Sends(context.fork())
+
+    upstream = connection.Server(address=("index.crates.io", 443))
+    issued = list(tls_layer.handle_event(events.DataReceived(upstream, b"an answer")))  # for the child
+
+    assert [type(command).__name__ for command in issued] == ["SendData", "Log", "SendData", "CloseConnection"]
+    plaintext = []
+    for command in issued:
+        if isinstance(command, commands.SendData):
+            client.bio_write(command.data)
+            plaintext.append(client.recv(1 << 16))
+    assert plaintext == [b"HEADERS DATA END ", b"LAST"]

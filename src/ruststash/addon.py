@@ -13,6 +13,7 @@ from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import server_hooks
 from mitmproxy.tls import TlsData
 
+from . import mitm_tuning
 from .access_log import log_request
 from .blobserver import BlobServer
 from .body_gc import BodyCollector
@@ -148,6 +149,7 @@ class RuststashAddon:
             self._forward(flow, request, _Forwarded(reply.outcome, decision.kind.value, request.host, request.path))
             return
         flow.response = make_response(reply)
+        mitm_tuning.mark_answered(flow)  # `responseheaders` and `response` below have nothing to do for it
         self.bodies.answered(len(reply.body))
         self.service.metrics.request(decision.kind.value, reply.outcome.value, len(reply.body))
         log_request(

@@ -35,6 +35,17 @@ from .upstream import Upstream, UpstreamMap, make_ssl_context
 
 logger = logging.getLogger(__name__)
 
+# The mitmproxy addons a forward proxy needs, besides ours. None of them may have a `responseheaders` or
+# `response` hook: mitm_tuning.mark_answered relies on that (tests/test_mitm_tuning.py checks it).
+MITMPROXY_ADDONS = (
+    core.Core,
+    block.Block,
+    proxyauth.ProxyAuth,
+    proxyserver.Proxyserver,
+    next_layer.NextLayer,
+    tlsconfig.TlsConfig,
+)
+
 
 def check_port_free(listen: HostPort, flag: str) -> None:
     """Fail early with a clear message when a listen address is taken (mitmproxy only logs it)."""
@@ -154,12 +165,7 @@ async def serve(settings: Settings) -> None:
         master = Master(options.Options(), with_termlog=False)
         mitm_tuning.without_legacy_log_events(master)
         master.addons.add(
-            core.Core(),
-            block.Block(),
-            proxyauth.ProxyAuth(),
-            proxyserver.Proxyserver(),
-            next_layer.NextLayer(),
-            tlsconfig.TlsConfig(),
+            *(addon() for addon in MITMPROXY_ADDONS),
             RuststashAddon(service, upstream_map, blobs, egress_policy(settings, upstream_map, blobs)),
         )
         master.options.update(**mitmproxy_options(settings))
