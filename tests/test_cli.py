@@ -73,6 +73,7 @@ def test_help_shows_every_option_and_its_variable() -> None:
         ("--upstream", "RUSTSTASH_UPSTREAM"),
         ("--upstream-ca", "RUSTSTASH_UPSTREAM_CA"),
         ("--memory-cache", "RUSTSTASH_MEMORY_CACHE"),
+        ("--http1-host", "RUSTSTASH_HTTP1_HOST"),
     ]:
         assert option in text and variable in text
 
@@ -100,6 +101,8 @@ def _serve(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
         (["--cache-host", "not a host"], "is not a host name"),
         (["--upstream-ca", "/nonexistent/ca.pem"], "--upstream-ca /nonexistent/ca.pem"),
         (["--memory-cache", "lots"], "--memory-cache 'lots' is not a size"),
+        (["--http1-host", "mirror.example"], "not a cached host; name it with --cache-host mirror.example too"),
+        (["--http1-host", "not a host"], "is not a host name"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

@@ -200,11 +200,13 @@ def test_a_rustup_mirror_named_with_cache_host_is_cached_and_checked(
 ) -> None:
     """A site's own rustup mirror (RUSTUP_DIST_SERVER), named with --cache-host: rustup asks the mirror for
     the same paths (below the mirror's path, if it has one, as some public mirrors do), and the proxy checks
-    each archive against the hash the mirror's manifest gives."""
+    each archive against the hash the mirror's manifest gives. The mirror below a path is also named with
+    --http1-host: rustup is then answered over HTTP/1.1 (tests/test_e2e_tunnel.py), as from static.rust-lang.org."""
     mirror = "rust-mirror.example"
     dist.serve_below(prefix or "/unused")
     proxy = start_proxy(
         ["--cache-host", mirror, "--upstream", f"{mirror}={dist.url}", "--upstream-ca", str(origin_tls.ca_pem)]
+        + (["--http1-host", mirror] if prefix else [])
     )
     victim = prefix + release.archive_path("rustc")
     lines = install_from_a_mirror_refused_then_cold_then_warm(

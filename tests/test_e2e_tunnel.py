@@ -86,10 +86,21 @@ def negotiated_protocol(proxy_port: int, host: str, context: ssl.SSLContext) -> 
 
 @pytest.mark.e2e
 def test_toolchain_host_speaks_http1_and_the_index_http2(start_proxy: ProxyFactory) -> None:
-    """Large archives go out faster over HTTP/1.1 through mitmproxy (policy.HTTP1_HOSTS); cargo's hosts
+    """Large archives go out faster over HTTP/1.1 through mitmproxy (policy.DEFAULT_HTTP1_HOSTS); cargo's hosts
     keep HTTP/2 for its hundreds of parallel requests."""
     proxy = start_proxy([])
     context = ssl.create_default_context(cafile=str(proxy.ca_cert))
     assert negotiated_protocol(proxy.port, "static.rust-lang.org", context) == "http/1.1"
     assert negotiated_protocol(proxy.port, "index.crates.io", context) == "h2"
     assert negotiated_protocol(proxy.port, "static.crates.io", context) == "h2"
+
+
+@pytest.mark.e2e
+def test_a_mirror_named_with_http1_host_speaks_http1(start_proxy: ProxyFactory) -> None:
+    """A rustup mirror named with --cache-host gets HTTP/2 like any host, unless --http1-host names it too."""
+    mirror = "rust-mirror.example"
+    for extra, expected in (([], "h2"), (["--http1-host", mirror.upper()], "http/1.1")):
+        proxy = start_proxy(["--cache-host", mirror, *extra], name=f"proxy-{expected.replace('/', '')}")
+        context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+        assert negotiated_protocol(proxy.port, mirror, context) == expected, extra
+        assert negotiated_protocol(proxy.port, "index.crates.io", context) == "h2"

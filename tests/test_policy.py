@@ -7,6 +7,7 @@ import pytest
 from ruststash.policy import (
     CRATES_IO,
     Kind,
+    ManifestRef,
     Rule,
     carries_body,
     classify,
@@ -240,6 +241,16 @@ def test_classify_a_rustup_mirror_below_a_path_prefix(path: str, kind: Kind, key
         assert decision.manifest.file_name == "channel-rust-stable.toml"
 
 
+def test_an_archive_is_asked_for_below_its_manifests_mirror_prefix() -> None:
+    at_root = ManifestRef("/dist/channel-rust-stable.toml")
+    below = ManifestRef("/rust-static/dist/channel-rust-stable.toml", "/rust-static")
+    listed = "/dist/2026-11-20/rustc-1.95.0-x86_64-unknown-linux-gnu.tar.xz"
+    assert at_root.archive_request_path(listed) == listed
+    assert below.archive_request_path(listed) == "/rust-static" + listed
+    assert below.archive_request_path("/rust-static" + listed) == "/rust-static" + listed  # URLs rewritten
+    assert below.archive_request_path("/elsewhere/file.tar.xz") == "/elsewhere/file.tar.xz"  # not the tree
+
+
 def test_split_dist_prefix_takes_the_first_dist_or_rustup_segment() -> None:
     assert split_dist_prefix("/dist/x") == ("", "/dist/x")
     assert split_dist_prefix("/m/rustup/dist/t/rustup-init") == ("/m", "/rustup/dist/t/rustup-init")
@@ -254,6 +265,9 @@ def test_client_protocol_is_http1_only_for_hosts_of_large_files_that_offer_it() 
     assert client_protocol("static.rust-lang.org", [b"h2"]) is None  # mitmproxy chooses (h2)
     assert client_protocol("index.crates.io", [b"h2", b"http/1.1"]) is None
     assert client_protocol(None, [b"h2", b"http/1.1"]) is None
+    mirror = frozenset({"static.rust-lang.org", "mirror.example"})
+    assert client_protocol("mirror.example", [b"h2", b"http/1.1"], mirror) == b"http/1.1"
+    assert client_protocol("mirror.example", [b"h2", b"http/1.1"]) is None
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,13 @@ import re
 import pytest
 
 from ruststash.errors import ConfigError
-from ruststash.settings import build_cache_hosts, build_upstreams, parse_cache_host, parse_host_port
+from ruststash.settings import (
+    build_cache_hosts,
+    build_http1_hosts,
+    build_upstreams,
+    parse_cache_host,
+    parse_host_port,
+)
 
 
 def test_parse_host_port() -> None:
@@ -41,6 +47,14 @@ def test_default_cache_hosts_and_extras() -> None:
     ]
     with pytest.raises(ConfigError):
         build_cache_hosts(("bad host!",))
+
+
+def test_http1_hosts_add_cached_hosts_to_the_default() -> None:
+    cached = build_cache_hosts(("mirror.example",))
+    assert build_http1_hosts((), cached) == {"static.rust-lang.org"}
+    assert build_http1_hosts((" Mirror.Example",), cached) == {"static.rust-lang.org", "mirror.example"}
+    with pytest.raises(ConfigError, match="not a cached host"):
+        build_http1_hosts(("other.example",), cached)
 
 
 def test_upstreams() -> None:

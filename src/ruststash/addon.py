@@ -18,7 +18,7 @@ from .access_log import log_request
 from .blobserver import BlobServer
 from .body_gc import BodyCollector
 from .egress import EgressPolicy, pinned_address, refusal
-from .policy import Decision, Kind, client_protocol, is_registry_write
+from .policy import DEFAULT_HTTP1_HOSTS, Decision, Kind, client_protocol, is_registry_write
 from .replies import STALE_WARNING, ClientRequest, Outcome, Reply, error_reply
 from .service import CacheService
 from .upstream import UpstreamMap
@@ -80,12 +80,18 @@ def make_response(reply: Reply) -> http.Response:
 
 class RuststashAddon:
     def __init__(
-        self, service: CacheService, upstream_map: UpstreamMap, blobs: BlobServer, egress: EgressPolicy
+        self,
+        service: CacheService,
+        upstream_map: UpstreamMap,
+        blobs: BlobServer,
+        egress: EgressPolicy,
+        http1_hosts: frozenset[str] = DEFAULT_HTTP1_HOSTS,
     ) -> None:
         self.service = service
         self.upstream_map = upstream_map
         self.blobs = blobs
         self.egress = egress
+        self.http1_hosts = http1_hosts
         self.bodies = BodyCollector()
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
@@ -109,11 +115,11 @@ class RuststashAddon:
 
     def tls_start_client(self, data: TlsData) -> None:
         """After mitmproxy's TlsConfig has set up the client side of an intercepted connection: hosts of
-        large files speak HTTP/1.1 with their clients (see policy.HTTP1_HOSTS)."""
+        large files speak HTTP/1.1 with their clients (see policy.DEFAULT_HTTP1_HOSTS, `serve --http1-host`)."""
         conn = data.ssl_conn
         if conn is None:
             return
-        protocol = client_protocol(data.conn.sni, data.conn.alpn_offers)
+        protocol = client_protocol(data.conn.sni, data.conn.alpn_offers, self.http1_hosts)
         app_data = conn.get_app_data()
         if protocol is not None and isinstance(app_data, dict) and app_data.get("client_alpn") is None:
             conn.set_app_data({**app_data, "client_alpn": protocol})

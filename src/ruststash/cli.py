@@ -24,6 +24,7 @@ from .settings import (
     Resilience,
     Settings,
     build_cache_hosts,
+    build_http1_hosts,
     build_upstreams,
     check_access,
     parse_host_port,
@@ -158,6 +159,17 @@ def _resilience_options[F: Callable[..., object]](command: F) -> F:
     help="Intercept and cache this host too (repeatable; the environment variable takes a space-separated "
     "list). Always cached: index.crates.io, static.crates.io, crates.io, static.rust-lang.org.",
 )
+@click.option(
+    "--http1-host",
+    "http1_hosts",
+    multiple=True,
+    envvar="RUSTSTASH_HTTP1_HOST",
+    show_envvar=True,
+    metavar="HOST",
+    help="Answer clients of this cached host over HTTP/1.1 (repeatable): a rustup mirror, whose large archives "
+    "go out faster so. Not for a host that serves a cargo index: cargo would then have only two requests "
+    "in flight. Always: static.rust-lang.org.",
+)
 @upstream_options
 @click.option(
     "--allow-remote",
@@ -222,6 +234,7 @@ def serve(
     cache_dir: Path,
     data_dir: Path,
     cache_hosts: tuple[str, ...],
+    http1_hosts: tuple[str, ...],
     upstreams: tuple[str, ...],
     upstream_ca: Path | None,
     allow_remote: bool,
@@ -238,12 +251,14 @@ def serve(
 
     _setup_logging(log_level)
     with _clear_errors():
+        cached = build_cache_hosts(cache_hosts)
         settings = Settings(
             listen=parse_host_port(listen, "--listen"),
             admin_listen=parse_host_port(admin_listen, "--admin-listen"),
             cache_dir=cache_dir.expanduser().absolute(),
             data_dir=data_dir.expanduser().absolute(),
-            cache_hosts=build_cache_hosts(cache_hosts),
+            cache_hosts=cached,
+            http1_hosts=build_http1_hosts(http1_hosts, cached),
             upstreams=build_upstreams(upstreams),
             upstream_ca=upstream_ca.expanduser().absolute() if upstream_ca else None,
             resilience=Resilience(**resilience),  # type: ignore[arg-type]

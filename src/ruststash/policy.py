@@ -48,9 +48,10 @@ PINNED_MANIFEST_LIFETIME = 86400.0
 # Hosts that serve a few large files (toolchain archives) to each client: their clients are answered over
 # HTTP/1.1 when they offer it. HTTP/2 multiplexing gains rustup nothing, and mitmproxy sends an HTTP/2 body
 # in 16 KiB frames, each through its whole layer stack: a cached 100 MiB archive went to curl at 150-170
-# MiB/s over HTTP/2 and 220-280 MiB/s over HTTP/1.1. cargo's hosts keep HTTP/2 (hundreds of small requests
-# at once over one connection).
-HTTP1_HOSTS = frozenset({"static.rust-lang.org"})
+# MiB/s over HTTP/2 and 220-280 MiB/s over HTTP/1.1. cargo's hosts keep HTTP/2: over HTTP/1.1 cargo opens at
+# most two connections to a proxy (curl's per-host limit, which cargo sets to 2, counts the proxy as the
+# host), so it could have only two requests in flight. `serve --http1-host` adds a rustup mirror.
+DEFAULT_HTTP1_HOSTS = frozenset({"static.rust-lang.org"})
 
 
 class Kind(StrEnum):
@@ -99,6 +100,14 @@ class ManifestRef:
     @property
     def file_name(self) -> str:
         return self.toml_path.rsplit("/", 1)[1]
+
+    def archive_request_path(self, listed: str) -> str:
+        """The path through which rustup asks for an archive that this manifest lists at the URL path `listed`.
+        rustup puts its dist server (mirror prefix included) in place of `https://static.rust-lang.org`, so
+        `/dist/D/x.tar.xz` is asked for below the manifest's prefix; a mirror that rewrote its manifest's URLs
+        to itself already lists them there."""
+        tree = split_dist_prefix(listed)
+        return self.prefix + tree[1] if tree is not None else listed
 
 
 @dataclass(frozen=True)
@@ -239,9 +248,11 @@ def carries_body(headers: Mapping[str, str]) -> bool:
     return "transfer-encoding" in headers or length != "0"
 
 
-def client_protocol(sni: str | None, offers: Sequence[bytes]) -> bytes | None:
+def client_protocol(
+    sni: str | None, offers: Sequence[bytes], http1_hosts: frozenset[str] = DEFAULT_HTTP1_HOSTS
+) -> bytes | None:
     """The ALPN protocol to answer an intercepted client with, or None to let mitmproxy choose."""
-    if sni is not None and sni.lower() in HTTP1_HOSTS and b"http/1.1" in offers:
+    if sni is not None and sni.lower() in http1_hosts and b"http/1.1" in offers:
         return b"http/1.1"
     return None
 

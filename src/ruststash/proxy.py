@@ -166,7 +166,9 @@ async def serve(settings: Settings) -> None:
         mitm_tuning.without_legacy_log_events(master)
         master.addons.add(
             *(addon() for addon in MITMPROXY_ADDONS),
-            RuststashAddon(service, upstream_map, blobs, egress_policy(settings, upstream_map, blobs)),
+            RuststashAddon(
+                service, upstream_map, blobs, egress_policy(settings, upstream_map, blobs), settings.http1_hosts
+            ),
         )
         master.options.update(**mitmproxy_options(settings))
         loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ from . import tasks
 from .errors import DiskFull, UpstreamError
 from .fill import Fill
 from .freshness import is_fresh, not_modified
-from .policy import Decision, Kind, ManifestRef, Rule, split_dist_prefix
+from .policy import Decision, Kind, ManifestRef, Rule
 from .replies import (
     NOT_STORED_FULL,
     STORED_HEADERS,
@@ -55,15 +55,6 @@ FORWARD = Reply(200, (), b"", Outcome.MISS, NOT_STORED_FULL, forward=True)
 
 def _hash_key(host: str, path: str) -> str:
     return f"archive-sha256:{host}{path}"
-
-
-def _archive_path(ref: ManifestRef, listed: str) -> str:
-    """The path through which rustup asks for an archive that the manifest `ref` lists at the URL path
-    `listed`. rustup puts its dist server (mirror prefix included) in place of `https://static.rust-lang.org`,
-    so `/dist/D/x.tar.xz` is asked for below the manifest's prefix; a mirror that rewrote its manifest's URLs
-    to itself already lists them there."""
-    tree = split_dist_prefix(listed)
-    return ref.prefix + tree[1] if tree is not None else listed
 
 
 class RustDist:
@@ -147,7 +138,7 @@ class RustDist:
         try:
             await asyncio.to_thread(
                 self._store.put_meta,
-                {_hash_key(request.host, _archive_path(ref, path)): digest for path, digest in hashes.items()},
+                {_hash_key(request.host, ref.archive_request_path(path)): digest for path, digest in hashes.items()},
             )
             stored = await asyncio.to_thread(
                 self._store.put,

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .policy import DEFAULT_HTTP1_HOSTS
 
 DEFAULT_CACHE_HOSTS = ("index.crates.io", "static.crates.io", "crates.io", "static.rust-lang.org")
 DEFAULT_LISTEN = "127.0.0.1:3128"
@@ -114,6 +115,7 @@ class Settings:
     resilience: Resilience = field(default_factory=Resilience)
     max_bytes: int = 0  # 0: no cap
     hot_bytes: int = DEFAULT_HOT_BYTES  # memory for small bodies (hot_bodies); 0: none
+    http1_hosts: frozenset[str] = DEFAULT_HTTP1_HOSTS  # cached hosts whose clients get HTTP/1.1 (policy)
     access: Access = field(default_factory=lambda: Access())
 
 
@@ -236,6 +238,20 @@ def build_cache_hosts(extra: tuple[str, ...]) -> tuple[CacheHost, ...]:
         if parsed not in hosts:
             hosts.append(parsed)
     return tuple(hosts)
+
+
+def build_http1_hosts(values: tuple[str, ...], cache_hosts: tuple[CacheHost, ...]) -> frozenset[str]:
+    """`--http1-host` values: each must name a cached host (its clients are the ones answered)."""
+    cached = {host.host for host in cache_hosts}
+    hosts = set(DEFAULT_HTTP1_HOSTS)
+    for value in values:
+        host = value.strip().lower()
+        if not _HOSTNAME.match(host):
+            raise ConfigError(f"--http1-host {value!r} is not a host name")
+        if host not in cached:
+            raise ConfigError(f"--http1-host {host}: not a cached host; name it with --cache-host {host} too")
+        hosts.add(host)
+    return frozenset(hosts)
 
 
 def build_upstreams(values: tuple[str, ...]) -> dict[str, tuple[Origin, ...]]:
