@@ -8,6 +8,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +19,7 @@ from OpenSSL import SSL
 with warnings.catch_warnings():  # mitmproxy's addons import pyparsing and ldap3 code that warns of deprecations
     warnings.simplefilter("ignore", DeprecationWarning)
     from mitmproxy import connection, exceptions, http, options
-    from mitmproxy.addons import proxyserver
+    from mitmproxy.addons import proxyserver, tlsconfig
     from mitmproxy.http import HTTPFlow
     from mitmproxy.master import Master
     from mitmproxy.proxy import commands, events, layer, server
@@ -283,8 +284,11 @@ async def test_completions_past_the_slice_are_delivered_by_a_task_of_their_own(m
     assert done == ["0:quick", "1:waiting", "2:quick", "3:quick"]
 
 
-def stream_with_request(master: Master, flows: list[HTTPFlow]) -> tuple[HttpStream, list[commands.Command]]:
-    """mitmproxy's HttpStream for one GET over HTTP/2, run up to its `request` hook; returns the hook's flow."""
+def stream_with_request(
+    master: Master, flows: list[HTTPFlow], answer_in_requestheaders: bool = False
+) -> tuple[HttpStream, list[commands.Command]]:
+    """mitmproxy's HttpStream for one GET over HTTP/2, run up to its `request` hook (or, answered and marked in
+    `requestheaders`, to its end); appends the flow to `flows`."""
     client = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0.0)
     client.tls = True
     master.addons.add(proxyserver.Proxyserver())  # mitmproxy's proxy options
@@ -295,9 +299,12 @@ def stream_with_request(master: Master, flows: list[HTTPFlow]) -> tuple[HttpStre
     request.http_version = "HTTP/2.0"
     issued = list(stream.handle_event(events.Start()))
     issued += stream.handle_event(RequestHeaders(1, request, end_stream=True))
+    flows.append(issued[-1].flow)
+    if answer_in_requestheaders:
+        flows[0].response = http.Response.make(200, b"{}", {"content-type": "application/json"})
+        mitm_tuning.mark_answered(flows[0])
     issued += stream.handle_event(events.HookCompleted(issued[-1]))  # requestheaders
     issued += stream.handle_event(RequestEndOfMessage(1))
-    flows.append(issued[-1].flow)
     return stream, issued
 
 
@@ -329,6 +336,14 @@ async def test_a_flow_answered_in_the_request_hook_skips_its_response_hooks(mast
     ]
 
 
+async def test_a_flow_answered_in_the_requestheaders_hook_skips_every_later_hook(master: Master) -> None:
+    """A hit from memory is answered in `requestheaders`: its `request` hook is skipped too, and the response
+    goes out as soon as the request has ended."""
+    flows: list[HTTPFlow] = []
+    _, issued = stream_with_request(master, flows, answer_in_requestheaders=True)
+    assert hooks_and_sends(issued) == ["HttpRequestHeadersHook", *RESPONSE_SENT]
+
+
 async def test_a_flow_answered_by_another_addon_or_forwarded_keeps_its_response_hooks(master: Master) -> None:
     flows: list[HTTPFlow] = []
     stream, issued = stream_with_request(master, flows)
@@ -342,12 +357,29 @@ async def test_a_flow_answered_by_another_addon_or_forwarded_keeps_its_response_
     assert hooks_and_sends(after) == RESPONSE_SENT
 
 
-def test_no_mitmproxy_addon_that_serve_loads_has_a_response_hook() -> None:
-    """mark_answered skips `responseheaders` and `response` for flows our addon answered: right only while no
-    other addon of serve's has them. A mitmproxy upgrade that adds one fails here."""
+async def test_no_other_addon_that_serve_loads_acts_in_the_hooks_skipped_for_answered_flows(
+    master: Master, tmp_path: Path
+) -> None:
+    """mark_answered skips `request`, `responseheaders` and `response` for flows our addon answered: right only
+    while the other addons of serve's have none of them or do nothing in them for a flow with a response. A
+    mitmproxy upgrade that changes that fails here."""
     for addon in MITMPROXY_ADDONS:
         assert not hasattr(addon, "responseheaders"), addon
         assert not hasattr(addon, "response"), addon
+    assert [addon for addon in MITMPROXY_ADDONS if hasattr(addon, "request")] == [tlsconfig.TlsConfig]
+    config = tlsconfig.TlsConfig()
+    master.addons.add(config)
+    master.options.update(confdir=str(tmp_path))  # its CA, whose CRL its `request` hook serves
+    unanswered, answered = a_flow(), a_flow()
+    for flow in (unanswered, answered):
+        flow.request.path = config.crl_path()
+        flow.live = True  # as while mitmproxy handles it
+    config.request(unanswered)
+    assert unanswered.response is not None  # its CRL: the hook does act on a flow without a response
+    answered.response = http.Response.make(200, b"ours")
+    before = answered.get_state()
+    config.request(answered)
+    assert answered.get_state() == before
 
 
 class Sends(layer.Layer):

@@ -136,6 +136,14 @@ class RuststashAddon:
             if self.service.is_cached_host(request.host, request.port):
                 self._forward(flow, request, _Forwarded(Outcome.PASS, Kind.PASS.value, request.host, request.path))
             return
+        try:
+            reply = self.service.answer_at_once(decision, request)
+        except Exception:  # nothing escapes a hook: `request` then handles it the long way
+            logger.exception("internal error answering %s from memory", request.url)
+            reply = None
+        if reply is not None:  # from memory: answered now, and the `request` hook has nothing left to do
+            self._answer(flow, request, decision, reply)
+            return
         flow.metadata[_DECIDED] = (request, decision)
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -154,8 +162,12 @@ class RuststashAddon:
         if reply.forward:
             self._forward(flow, request, _Forwarded(reply.outcome, decision.kind.value, request.host, request.path))
             return
+        self._answer(flow, request, decision, reply)
+
+    def _answer(self, flow: http.HTTPFlow, request: ClientRequest, decision: Decision, reply: Reply) -> None:
+        """Set the flow's response to `reply` (whole, in memory) and count and log it."""
         flow.response = make_response(reply)
-        mitm_tuning.mark_answered(flow)  # `responseheaders` and `response` below have nothing to do for it
+        mitm_tuning.mark_answered(flow)  # no hook of the flow after this one has anything to do for it
         self.bodies.answered(len(reply.body))
         self.service.metrics.request(decision.kind.value, reply.outcome.value, len(reply.body))
         log_request(

@@ -36,6 +36,10 @@ class HotBodies:
         """Bytes of bodies held."""
         return self._bytes
 
+    def peek(self, key: str) -> tuple[Entry, bytes] | None:
+        """Like `get`, without counting as a use."""
+        return self._items.get(key)
+
     def get(self, key: str) -> tuple[Entry, bytes] | None:
         item = self._items.get(key)
         if item is not None:

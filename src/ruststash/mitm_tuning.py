@@ -42,12 +42,14 @@
   upstream halved (requests for one index file now meet in flight) and wall and CPU time went down
   (docs/benchmarks.md).
 
-- A flow that our addon answers in its `request` hook (a hit, a revalidated entry, an error of ours) still went
-  through the `responseheaders` and `response` hooks: each a task, a pass up and down the layer stack and a
-  call of our addon that does nothing for such a flow. The addon marks such a flow (`mark_answered`) and
-  those two hooks are completed in the HTTP layer at once, without being dispatched. That is only right while
-  no other addon serve loads has either hook (proxy.MITMPROXY_ADDONS; a test checks). A warm hit now
-  costs two hooks instead of four.
+- A flow that our addon answers itself (a revalidated entry or an error of ours in its `request` hook; a hit
+  from memory already in `requestheaders`) still went through the hooks after that one (`request`,
+  `responseheaders`, `response`): each a task, a pass up and down the layer stack and a call of our addon
+  that does nothing for such a flow. The addon marks such a flow (`mark_answered`) and those hooks are
+  completed in the HTTP layer at once, without being dispatched. That is only right while the other addons
+  serve loads (proxy.MITMPROXY_ADDONS) have none of them, or do nothing in them for a flow that has its
+  response (mitmproxy's TlsConfig has `request`, and returns at once for such a flow); a test checks. A hit
+  from memory now costs one hook instead of four, a revalidated index file two.
 
 Re-check all of these when mitmproxy is upgraded (it is pinned in constraints.txt).
 """
@@ -79,10 +81,11 @@ _LIFECYCLE_INSTALLED = "_ruststash_lifecycle"
 _HOOK_CACHE = "_ruststash_hook_callables"
 _INLINE_INSTALLED = "_ruststash_inline_hooks"
 _SKIP_INSTALLED = "_ruststash_skip_answered"
-# Set on a flow that an addon answered in its `request` hook: see mark_answered.
+# Set on a flow that our addon answered: see mark_answered.
 _ANSWERED = "ruststash.answered"
-# The hooks of a flow answered in `request` that are completed without being dispatched.
-_SKIPPED_WHEN_ANSWERED = (http_hooks.HttpResponseHeadersHook, http_hooks.HttpResponseHook)
+# The hooks of an answered flow that are completed without being dispatched (`request`: when it was answered
+# in `requestheaders`).
+_SKIPPED_WHEN_ANSWERED = (http_hooks.HttpRequestHook, http_hooks.HttpResponseHeadersHook, http_hooks.HttpResponseHook)
 # How long one connection may go on completing hooks without a suspension before the others get the loop.
 INLINE_SLICE = 0.02
 
@@ -132,8 +135,9 @@ def _tls_interact(self: tls.TLSLayer) -> layer.CommandGenerator[None]:
 
 
 def mark_answered(flow: http.HTTPFlow) -> None:
-    """Say that `flow.response` was set in the `request` hook and that no addon has anything to do in the flow's
-    `responseheaders` and `response` hooks: they are then not dispatched (see the module's docstring)."""
+    """Say that our addon set `flow.response` (in `requestheaders` or `request`) and that no addon has anything
+    to do in the flow's later hooks (`request`, `responseheaders`, `response`): they are then not dispatched
+    (see the module's docstring)."""
     flow.metadata[_ANSWERED] = True
 
 

@@ -35,8 +35,8 @@ from .upstream import Upstream, UpstreamMap, make_ssl_context
 
 logger = logging.getLogger(__name__)
 
-# The mitmproxy addons a forward proxy needs, besides ours. None of them may have a `responseheaders` or
-# `response` hook: mitm_tuning.mark_answered relies on that (tests/test_mitm_tuning.py checks it).
+# The mitmproxy addons a forward proxy needs, besides ours. mitm_tuning.mark_answered relies on what they
+# do after `requestheaders` (tests/test_mitm_tuning.py checks it).
 MITMPROXY_ADDONS = (
     core.Core,
     block.Block,

@@ -230,12 +230,35 @@ class CacheService:
     ) -> tuple[Entry | None, bytes | None]:
         """The stored entry for `key` and, up to `max_body`, its body: from memory when held there (no thread
         hop), else from the store in a worker thread. `answered`: see `Store.lookup_hot`."""
-        held = self.store.lookup_hot(key, answered)
+        held = self._held(key, answered)
         if held is None:
             return await asyncio.to_thread(self.store.lookup_with_body, key, max_body)
-        if self.store.claim_access_flush(self._clock()):
+        return held
+
+    def _held(self, key: str, answered: bool = True) -> tuple[Entry, bytes] | None:
+        """The entry for `key` and its body if memory holds them (see `Store.lookup_hot`)."""
+        held = self.store.lookup_hot(key, answered)
+        if held is not None and self.store.claim_access_flush(self._clock()):
             spawn(asyncio.to_thread(self.store.flush_access_times), "flush access times")
         return held
+
+    def answer_at_once(self, decision: Decision, request: ClientRequest) -> Reply | None:
+        """The reply, if memory holds it and nothing needs asking first: a stored crate, or a fresh index file
+        or dist file. None: `handle` the request. (Not config.json, whose answers also teach the registry's
+        download host, nor manifests and archives, which rust_dist answers.) The same reply `handle` gives."""
+        if decision.kind in (Kind.INDEX, Kind.DIST_FILE):
+            if decision.kind is Kind.INDEX and self._index_may_have_changed():
+                return None
+            entry = self.store.peek_hot(decision.key)
+            if entry is None or not is_fresh(entry.stored_at, entry.lifetime, self._clock()):
+                return None
+        elif decision.kind is not Kind.CRATE:
+            return None
+        held = self._held(decision.key)
+        if held is None:
+            return None
+        entry, body = held
+        return _not_modified_reply(entry, request, Outcome.HIT) or Reply(entry.status, entry.headers, body, Outcome.HIT)
 
     def stale_deadline(self, request: ClientRequest) -> float:
         """How long a request holding a stored copy waits for upstream: `--stale-after`, or less for an
@@ -444,8 +467,8 @@ class CacheService:
     ) -> Reply:
         """The reply for a stored entry. `body`: the entry's body if already read. `stream_large`: an unread
         body above INLINE_BODY is sent from its file (the reply holds it open), not read into memory."""
-        if entry.status == 200 and not_modified(request.headers, entry.etag, entry.last_modified):
-            return Reply(304, selected(entry.headers, VALIDATOR_HEADERS), b"", outcome, note)
+        if (unchanged := _not_modified_reply(entry, request, outcome, note)) is not None:
+            return unchanged
         if body is None and stream_large and entry.size > INLINE_BODY:
             blob = await asyncio.to_thread(self.store.open_blob, entry)
             if blob is None:
@@ -454,3 +477,10 @@ class CacheService:
         if body is None:
             body = await asyncio.to_thread(self.store.read, entry)
         return Reply(entry.status, entry.headers, body, outcome, note)
+
+
+def _not_modified_reply(entry: Entry, request: ClientRequest, outcome: Outcome, note: str = "") -> Reply | None:
+    """A 304 if the request's validators match the stored entry, else None."""
+    if entry.status == 200 and not_modified(request.headers, entry.etag, entry.last_modified):
+        return Reply(304, selected(entry.headers, VALIDATOR_HEADERS), b"", outcome, note)
+    return None

@@ -390,6 +390,14 @@ class Store:
             logger.debug("entry %s not dropped: %s", key, exc)
         self._changed(key)
 
+    def peek_hot(self, key: str) -> Entry | None:
+        """The entry held in memory for `key`, if any, without checking its blob or recording a use."""
+        if self._hot is None:
+            return None
+        with self._memo_lock:
+            item = self._hot.peek(key)
+        return item[0] if item is not None else None
+
     def lookup_hot(self, key: str, answered: bool = True) -> tuple[Entry, bytes] | None:
         """The entry and body for `key` if held in memory, else None (then use `lookup_with_body`). Costs one
         `stat` and never waits on `_lock` or a worker thread: safe on the event loop. A body whose blob another
