@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,11 @@ class Entry:
         name = name.lower()
         return next((v for k, v in self.headers if k.lower() == name), None)
 
-    @property
+    @cached_property  # asked for on every hit (a client's validators are checked against them)
     def etag(self) -> str | None:
         return self.header("etag")
 
-    @property
+    @cached_property
     def last_modified(self) -> str | None:
         return self.header("last-modified")
 
