@@ -870,7 +870,8 @@ def render(
         "process tree during the run (Squid: with its helpers); per request: over its logged requests (Squid: "
         "without CONNECT lines). Peak RSS: VmHWM of the proxy's main process, which was started for that run. "
         "Outcomes: ruststash's access log; Squid's result codes. Upstream: requests the origins received (304s "
-        "included) and the bytes of the 200 bodies they sent. Medians over successful runs.",
+        "included) and the bytes of the 200 bodies they sent. Medians over successful runs; the runs of a "
+        "workload's scenarios are interleaved (run 1 of each, then run 2, ...).",
         "",
     ]
     fills = ", ".join(f"{w} via {v}: {s:.1f} s" for (w, v), s in bench.fill_seconds.items())
@@ -1013,11 +1014,14 @@ def main(argv: list[str] | None = None) -> int:
                 registry = build_registry(spec_from_lockfile(WORKLOADS_DIR / f"{name}.Cargo.lock"), args.registry_cache)
                 workloads.append(CargoWorkload(name, registry, bench.tls, args.timeout))
         for workload, (_, scenario_names) in zip(workloads, plan, strict=True):
-            for scenario_name in scenario_names:
-                scenario = SCENARIOS[scenario_name]
-                row = Row(workload.name, scenario)
-                rows.append(row)
-                for number in range(1, runs + 1):
+            workload_rows = [Row(workload.name, SCENARIOS[name]) for name in scenario_names]
+            rows.extend(workload_rows)
+            # Interleaved (run 1 of every scenario, then run 2, ...): this machine's speed drifts over minutes
+            # (cargo's own CPU time per run doubled within one series), and a drift must not land on one
+            # scenario's runs only.
+            for number in range(1, runs + 1):
+                for row in workload_rows:
+                    scenario = row.scenario
                     run = bench.run(workload, scenario, number)
                     row.runs.append(run)
                     print(
