@@ -166,9 +166,9 @@ def _resilience_options[F: Callable[..., object]](command: F) -> F:
     envvar="RUSTSTASH_HTTP1_HOST",
     show_envvar=True,
     metavar="HOST",
-    help="Answer clients of this cached host over HTTP/1.1 (repeatable): a rustup mirror, whose large archives "
-    "go out faster so. Not for a host that serves a cargo index: cargo would then have only two requests "
-    "in flight. Always: static.rust-lang.org.",
+    help="Answer the clients of this cached host over HTTP/1.1 (repeatable): for a rustup mirror, whose large "
+    "archives go out faster that way. Not for a host that serves a cargo index: cargo would then have only two "
+    "requests in flight. Always: static.rust-lang.org.",
 )
 @upstream_options
 @click.option(
