@@ -109,6 +109,33 @@ def test_cold_warm_and_offline(
     assert locked_versions(project / "Cargo.lock") == lock
 
 
+def test_fresh_index_files_held_in_memory_answer_cargos_own_validators_with_304(
+    tmp_path: Path, start_proxy: ProxyFactory, edge_registry: Registry, origin_tls: OriginTLS
+) -> None:
+    """Index files as crates.io serves them (`max-age=600`): a second resolve in the same CARGO_HOME sends
+    cargo's If-None-Match, and the proxy answers each from memory, as soon as the request's head is in, with a
+    304 and without asking upstream."""
+    origin = FakeCratesIo(edge_registry, origin_tls)
+    try:
+        proxy = start_proxy(upstream_args(origin, origin_tls))
+        project = consumer(tmp_path, edge_registry)
+        box = sandbox(tmp_path / "a", proxy)
+        box.run(["generate-lockfile"], project)
+        before = memory_hits(proxy)
+
+        origin.reset_counts()
+        seen = len(proxy.access())
+        (project / "Cargo.lock").unlink()
+        box.run(["generate-lockfile"], project)  # same CARGO_HOME: cargo sends If-None-Match
+        answered = proxy.access()[seen:]
+        again = [r for r in answered if r["path"] != "/config.json"]
+        assert again and all((r["outcome"], r["status"]) == ("HIT", "304") for r in again), again
+        assert origin.records("index") == []
+        assert memory_hits(proxy) - before == len(answered)  # config.json too, through `request`
+    finally:
+        origin.close()
+
+
 def test_stale_index_files_are_revalidated_and_client_validators_get_304(
     tmp_path: Path, start_proxy: ProxyFactory, edge_registry: Registry, origin_tls: OriginTLS
 ) -> None:
