@@ -116,6 +116,7 @@ class CacheService:
         self.metrics = metrics
         self._clock = clock
         self._registries: dict[tuple[str, str], Registry] = {("index.crates.io", ""): policy.CRATES_IO}
+        self._registry_tuple = tuple(self._registries.values())  # what `decide` hands to policy, per request
         self._learned_configs: set[str] = set()
         self._inflight: Inflight[Fetched] = Inflight()
         self.slow_hosts = SlowHosts(_answered, resilience.stale_after, time.monotonic)
@@ -131,7 +132,7 @@ class CacheService:
 
     @property
     def registries(self) -> tuple[Registry, ...]:
-        return tuple(self._registries.values())
+        return self._registry_tuple
 
     def is_cached_host(self, host: str, port: int) -> bool:
         return any(h.matches(host, port) for h in self.cache_hosts)
@@ -455,6 +456,7 @@ class CacheService:
         registry = policy.registry_from_dl(request.host.lower(), prefix, dl) if dl else None
         if registry is not None:
             self._registries[(registry.index_host, registry.index_prefix)] = registry
+            self._registry_tuple = tuple(self._registries.values())
 
     async def answer(
         self,
