@@ -699,11 +699,9 @@ def render_table(rows: list[Row]) -> list[str]:
         base = medians.get((row.workload, row.scenario.direct_name))
         ratio = "—" if wall is None or not base else f"{wall / base:.2f}"
         proxied = row.scenario.via != "direct"
-        cpu = row.median("proxy_cpu")
-        requests = row.median("requests")
-        per_request = "—"
-        if proxied and cpu is not None and requests:
-            per_request = f"{cpu * 1000 / requests:.1f}"
+        cpu, requests = row.median("proxy_cpu"), row.median("requests")
+        ms_per_request = cpu_ms_per_request(row)
+        per_request = "—" if ms_per_request is None else f"{ms_per_request:.1f}"
         peak = row.median("peak_kib")
         up_req, up_bytes = row.median("upstream_requests"), row.median("upstream_bytes")
         cells = [
@@ -722,6 +720,40 @@ def render_table(rows: list[Row]) -> list[str]:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def cpu_ms_per_request(row: Row) -> float | None:
+    """The proxy's median CPU time over its median count of logged requests, in ms (None for direct runs)."""
+    cpu, requests = row.median("proxy_cpu"), row.median("requests")
+    if row.scenario.via == "direct" or cpu is None or not requests:
+        return None
+    return cpu * 1000 / requests
+
+
+# ruststash's scenarios and Squid's that cache the same way.
+SQUID_PAIRS = (
+    ("cold", "squid-cold"),
+    ("warm", "squid-warm"),
+    ("warm-gone", "squid-warm-gone"),
+    ("warm-primed", "squid-warm-primed"),
+    ("warm-c4", "squid-warm-c4"),
+    ("warm-c8", "squid-warm-c8"),
+)
+
+
+def cpu_beside_squid(rows: list[Row]) -> str | None:
+    """Proxy CPU per request of ruststash and Squid, scenario by scenario: steadier than wall times here, where a
+    warm cargo run's wall time is mostly cargo's own CPU."""
+    per_request = {(r.workload, r.scenario.name): cpu_ms_per_request(r) for r in rows}
+    pairs = []
+    for workload in sorted({r.workload for r in rows}):
+        for ours_name, squid_name in SQUID_PAIRS:
+            ours, squid = per_request.get((workload, ours_name)), per_request.get((workload, squid_name))
+            if ours is not None and squid is not None:
+                pairs.append(f"{workload} {ours_name} {ours:.1f} vs {squid:.1f}")
+    if not pairs:
+        return None
+    return "Proxy CPU ms per request, ruststash vs Squid (for reference, not a target): " + "; ".join(pairs) + "."
 
 
 @dataclass
@@ -809,12 +841,9 @@ def evaluate_targets(rows: list[Row]) -> list[Verdict]:
                     f"{hung:.2f} s = {hung / warm:.2f}x {warm:.2f} s",
                 )
             )
-    pairs = [("cold", "squid-cold"), ("warm", "squid-warm"), ("warm-gone", "squid-warm-gone")]
-    pairs += [("warm-primed", "squid-warm-primed")]
-    pairs += [("warm-c4", "squid-warm-c4"), ("warm-c8", "squid-warm-c8")]
     compared, slower = [], []
     for w in sorted({r.workload for r in rows}):
-        for ours_name, squid_name in pairs:
+        for ours_name, squid_name in SQUID_PAIRS:
             ours, squid = wall(w, ours_name), wall(w, squid_name)
             if ours is None or squid is None:
                 continue
@@ -879,6 +908,8 @@ def render(
         lines += [f"Cache fills (untimed): {fills}.", ""]
     lines += ["Targets (reported, never asserted):", ""]
     lines += [v.text() for v in evaluate_targets(rows)]
+    if (cpu_line := cpu_beside_squid(rows)) is not None:
+        lines += ["", cpu_line]
     failures = [(f"{row.workload} {row.scenario.name}", r.error) for row in rows for r in row.runs if r.error]
     notes = [f"{name}: {error}" for name, error in failures[:10]] + bench.warnings[:10] + extra_notes
     if notes:
