@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +109,21 @@ def test_cold_warm_and_offline(
     assert locked_versions(project / "Cargo.lock") == lock
 
 
+def resolve_twice[T](
+    tmp_path: Path, proxy: ProxyProcess, origin: FakeCratesIo, registry: Registry, after_first: Callable[[], T]
+) -> tuple[Path, T, list[dict[str, str]]]:
+    """`cargo generate-lockfile` twice in one CARGO_HOME (the second time cargo sends its own validators): the
+    project, what `after_first` returned after the first run, and the proxy's access records of the second."""
+    project = consumer(tmp_path, registry)
+    box = sandbox(tmp_path / "a", proxy)
+    box.run(["generate-lockfile"], project)
+    noted = after_first()
+    origin.reset_counts()
+    seen = len(proxy.access())
+    box.run(["generate-lockfile"], project)
+    return project, noted, proxy.access()[seen:]
+
+
 def test_fresh_index_files_held_in_memory_answer_cargos_own_validators_with_304(
     tmp_path: Path, start_proxy: ProxyFactory, edge_registry: Registry, origin_tls: OriginTLS
 ) -> None:
@@ -118,16 +133,7 @@ def test_fresh_index_files_held_in_memory_answer_cargos_own_validators_with_304(
     origin = FakeCratesIo(edge_registry, origin_tls)
     try:
         proxy = start_proxy(upstream_args(origin, origin_tls))
-        project = consumer(tmp_path, edge_registry)
-        box = sandbox(tmp_path / "a", proxy)
-        box.run(["generate-lockfile"], project)
-        before = memory_hits(proxy)
-
-        origin.reset_counts()
-        seen = len(proxy.access())
-        (project / "Cargo.lock").unlink()
-        box.run(["generate-lockfile"], project)  # same CARGO_HOME: cargo sends If-None-Match
-        answered = proxy.access()[seen:]
+        _, before, answered = resolve_twice(tmp_path, proxy, origin, edge_registry, lambda: memory_hits(proxy))
         again = [r for r in answered if r["path"] != "/config.json"]
         assert again and all((r["outcome"], r["status"]) == ("HIT", "304") for r in again), again
         assert origin.records("index") == []
@@ -143,15 +149,9 @@ def test_stale_index_files_are_revalidated_and_client_validators_get_304(
     origin = FakeCratesIo(edge_registry, origin_tls, index_cache_control="public,max-age=0")
     try:
         proxy = start_proxy(upstream_args(origin, origin_tls))
-        project = consumer(tmp_path, edge_registry)
-        box = sandbox(tmp_path / "a", proxy)
-        box.run(["generate-lockfile"], project)
-        first_bodies = index_bodies_sent(origin)
-
-        origin.reset_counts()
-        seen = len(proxy.access())
-        box.run(["generate-lockfile"], project)  # same CARGO_HOME: cargo sends If-None-Match
-        again = proxy.access()[seen:]
+        project, first_bodies, again = resolve_twice(
+            tmp_path, proxy, origin, edge_registry, lambda: index_bodies_sent(origin)
+        )
         index_records = [r for r in again if r["path"] != "/config.json"]
         assert index_records and all(r["outcome"] == "REVALIDATED" for r in index_records), index_records
         assert all(r["status"] == "304" for r in index_records), "cargo's own copy is current: 304"
