@@ -18,7 +18,7 @@ from .access_log import log_request
 from .blobserver import BlobServer
 from .body_gc import BodyCollector
 from .egress import EgressPolicy, pinned_address, refusal
-from .policy import DEFAULT_HTTP1_HOSTS, Decision, Kind, client_protocol, is_registry_write
+from .policy import Decision, Kind, client_protocol, is_registry_write
 from .replies import STALE_WARNING, ClientRequest, Outcome, Reply, error_reply
 from .service import CacheService
 from .upstream import UpstreamMap
@@ -85,7 +85,7 @@ class RuststashAddon:
         upstream_map: UpstreamMap,
         blobs: BlobServer,
         egress: EgressPolicy,
-        http1_hosts: frozenset[str] = DEFAULT_HTTP1_HOSTS,
+        http1_hosts: frozenset[str],
     ) -> None:
         self.service = service
         self.upstream_map = upstream_map

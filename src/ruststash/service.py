@@ -116,7 +116,6 @@ class CacheService:
         self.metrics = metrics
         self._clock = clock
         self._registries: dict[tuple[str, str], Registry] = {("index.crates.io", ""): policy.CRATES_IO}
-        self._registry_tuple = tuple(self._registries.values())  # what `decide` hands to policy, per request
         self._learned_configs: set[str] = set()
         self._inflight: Inflight[Fetched] = Inflight()
         self.slow_hosts = SlowHosts(_answered, resilience.stale_after, time.monotonic)
@@ -127,12 +126,13 @@ class CacheService:
         """A publish, yank or unyank went through: see REGISTRY_WRITE_WINDOW."""
         self._registry_written_at = time.monotonic()
 
-    def _index_may_have_changed(self) -> bool:
-        return time.monotonic() - self._registry_written_at < REGISTRY_WRITE_WINDOW
+    def _forced(self, decision: Decision) -> bool:
+        """Checked with upstream however fresh: index files, for a while after a publish (REGISTRY_WRITE_WINDOW)."""
+        return decision.kind is Kind.INDEX and time.monotonic() - self._registry_written_at < REGISTRY_WRITE_WINDOW
 
     @property
     def registries(self) -> tuple[Registry, ...]:
-        return self._registry_tuple
+        return tuple(self._registries.values())
 
     def is_cached_host(self, host: str, port: int) -> bool:
         return any(h.matches(host, port) for h in self.cache_hosts)
@@ -163,7 +163,7 @@ class CacheService:
                 await self._learn_registry(decision, request)
                 return reply
             case Kind.INDEX:
-                return await self.revalidating(decision, request, force=self._index_may_have_changed())
+                return await self.revalidating(decision, request, force=self._forced(decision))
             case Kind.DIST_FILE:
                 return await self.revalidating(decision, request)
             case Kind.CRATE:
@@ -248,7 +248,7 @@ class CacheService:
         or dist file. None: `handle` the request. (Not config.json, whose answers also teach the registry's
         download host, nor manifests and archives, which rust_dist answers.) The same reply `handle` gives."""
         if decision.kind in (Kind.INDEX, Kind.DIST_FILE):
-            if decision.kind is Kind.INDEX and self._index_may_have_changed():
+            if self._forced(decision):
                 return None
             entry = self.store.peek_hot(decision.key)
             if entry is None or not is_fresh(entry.stored_at, entry.lifetime, self._clock()):
@@ -456,7 +456,6 @@ class CacheService:
         registry = policy.registry_from_dl(request.host.lower(), prefix, dl) if dl else None
         if registry is not None:
             self._registries[(registry.index_host, registry.index_prefix)] = registry
-            self._registry_tuple = tuple(self._registries.values())
 
     async def answer(
         self,
