@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import datetime
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -153,6 +154,43 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+# The clients' homes go to a tmpfs when there is one with this much free: on this machine kind creating a file
+# on the disk costs cargo 0.4-0.5 ms of kernel time, and that cost swung cargo's own CPU per run by 2-3x (2.4 to
+# 6.4 s for one warm fetch), drowning the proxies' differences. The proxies' caches stay on the disk.
+CLIENT_TMPFS = Path("/dev/shm")
+CLIENT_TMPFS_MIN_FREE = 4 * 1024 * MIB
+
+
+def default_client_dir(workdir: Path) -> Path:
+    """A fresh directory on CLIENT_TMPFS if it is there and roomy, else `workdir`/clients."""
+    with contextlib.suppress(OSError):
+        fs = os.statvfs(CLIENT_TMPFS)
+        if fs.f_bavail * fs.f_frsize >= CLIENT_TMPFS_MIN_FREE and os.access(CLIENT_TMPFS, os.W_OK):
+            return Path(tempfile.mkdtemp(prefix="ruststash-bench-clients-", dir=CLIENT_TMPFS))
+    return workdir / "clients"
+
+
+def client_home_text(client_dir: Path) -> str:
+    """Where the clients' homes were, for the report: which file system."""
+    fs_type = "?"
+    with contextlib.suppress(OSError), open("/proc/mounts", encoding="utf-8") as mounts:
+        best = ""
+        resolved = str(client_dir.resolve())
+        for line in mounts:
+            fields = line.split()
+            if len(fields) < 3 or len(fields[1]) < len(best):
+                continue
+            if resolved == fields[1] or resolved.startswith(fields[1].rstrip("/") + "/"):
+                best, fs_type = fields[1], fields[2]
+    return f"{client_dir} ({fs_type})"
+
+
+def children_cpu_seconds() -> float:
+    """User + system time of this process's children that have ended and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def tree_cpu_seconds(pid: int) -> float | None:
     """User + system CPU of a process and its live descendants (all threads), plus children it reaped."""
     total, found = 0.0, False
@@ -179,6 +217,8 @@ class Run:
     requests: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     proxy_cpu: float | None = None
+    # user + system time of the clients (cargo, rustup and what they ran) during the run
+    client_cpu: float | None = None
     peak_kib: int | None = None
     upstream_requests: int = 0
     upstream_bytes: int = 0
@@ -478,8 +518,9 @@ def squid_access(squid: SquidProcess, since: int = 0) -> tuple[int, Counter[str]
 
 
 class Bench:
-    def __init__(self, workdir: Path, keep: bool, timeout: float, profile: Path | None) -> None:
+    def __init__(self, workdir: Path, client_dir: Path, keep: bool, timeout: float, profile: Path | None) -> None:
         self.workdir = workdir
+        self.client_dir = client_dir  # the clients' homes and projects (proxies' caches stay in workdir)
         self.keep = keep
         self.timeout = timeout
         self.profile = profile
@@ -533,8 +574,8 @@ class Bench:
             root = self.workdir / f"fill-{workload.name}-{via}"
             cache = root / "cache"
             print(f"  filling a {via} cache for {workload.name} (untimed) ...", flush=True)
-            with self.proxy(via, workload, root, cache) as proxied:
-                client = workload.proxied_client(root, proxied.url, proxied.ca)
+            with self.proxy(via, workload, root, cache) as proxied, self.clients_root(root) as clients_root:
+                client = workload.proxied_client(clients_root, proxied.url, proxied.ca)
                 began = time.monotonic()
                 error = client()
                 self.fill_seconds[key] = time.monotonic() - began
@@ -542,6 +583,18 @@ class Bench:
                 raise RuntimeError(f"filling the {via} cache for {workload.name} failed: {error}")
             self.templates[key] = cache
         return self.templates[key]
+
+    @contextlib.contextmanager
+    def clients_root(self, root: Path) -> Iterator[Path]:
+        """Where the clients of the run in `root` keep their homes: under `client_dir`, removed afterwards
+        (unless --keep)."""
+        clients_root = self.client_dir / root.name
+        clients_root.mkdir(parents=True)
+        try:
+            yield clients_root
+        finally:
+            if not self.keep:
+                shutil.rmtree(clients_root, ignore_errors=True)
 
     # ---- one run
 
@@ -557,20 +610,22 @@ class Bench:
             if not self.keep:
                 shutil.rmtree(root, ignore_errors=True)
 
-    def _clients(self, clients: list[ClientRun]) -> tuple[float, str]:
-        """Run the clients at once; (wall seconds until the last ended, first error or "")."""
-        began = time.monotonic()
+    def _clients(self, clients: list[ClientRun]) -> tuple[float, float, str]:
+        """Run the clients at once; (wall seconds until the last ended, their CPU seconds, first error or "").
+        Their CPU is that of the child processes that ended meanwhile: only the clients end during a run."""
+        began, cpu_before = time.monotonic(), children_cpu_seconds()
         with ThreadPoolExecutor(len(clients)) as pool:
             errors = list(pool.map(lambda client: client(), clients))
-        wall = time.monotonic() - began
+        wall, cpu = time.monotonic() - began, children_cpu_seconds() - cpu_before
         failed = [e for e in errors if e]
-        return wall, (f"{len(failed)}/{len(clients)} clients failed: {failed[0]}" if failed else "")
+        return wall, cpu, (f"{len(failed)}/{len(clients)} clients failed: {failed[0]}" if failed else "")
 
     def _direct(self, workload: Workload, scenario: Scenario, root: Path) -> Run:
-        clients = [workload.direct_client(root / f"c{i}") for i in range(scenario.clients)]
-        workload.reset_counts()
-        wall, error = self._clients(clients)
-        run = Run(not error, wall, error)
+        with self.clients_root(root) as clients_root:
+            clients = [workload.direct_client(clients_root / f"c{i}") for i in range(scenario.clients)]
+            workload.reset_counts()
+            wall, client_cpu, error = self._clients(clients)
+        run = Run(not error, wall, error, client_cpu=client_cpu)
         run.upstream_requests, run.upstream_bytes = workload.upstream(direct=True)
         run.requests = run.upstream_requests
         return run
@@ -584,13 +639,14 @@ class Bench:
                 copy_cache(template, cache)
             else:
                 shutil.copytree(template, cache)
-        with self.proxy(scenario.via, workload, root, cache) as proxied:
+        with self.proxy(scenario.via, workload, root, cache) as proxied, self.clients_root(root) as clients_root:
             clients = [
-                workload.proxied_client(root / f"c{i}", proxied.url, proxied.ca) for i in range(scenario.clients)
+                workload.proxied_client(clients_root / f"c{i}", proxied.url, proxied.ca)
+                for i in range(scenario.clients)
             ]
             since = 0
             if scenario.primed:
-                primer = workload.proxied_client(root / "primer", proxied.url, proxied.ca)
+                primer = workload.proxied_client(clients_root / "primer", proxied.url, proxied.ca)
                 if error := primer():
                     raise RuntimeError(f"priming {scenario.via} for {workload.name} failed: {error}")
                 since = proxied.access(0)[0]
@@ -599,7 +655,7 @@ class Bench:
             workload.reset_counts()
             profiler = self._start_profile(workload, scenario, number, proxied.pid)
             cpu_before = tree_cpu_seconds(proxied.pid)
-            wall, error = self._clients(clients)
+            wall, client_cpu, error = self._clients(clients)
             cpu_after = tree_cpu_seconds(proxied.pid)
             peak = proc_status_kib(proxied.pid, "VmHWM")
             self._stop_profile(profiler)
@@ -609,7 +665,8 @@ class Bench:
                 single = self._fetch_alone(workload, proxied)
         # The proxy is stopped: end hangs so the origin records those requests, then count.
         workload.restore()
-        run = Run(not error, wall, error, requests, outcomes, peak_kib=peak, largest_hit=largest_hit)
+        run = Run(not error, wall, error, requests, outcomes, client_cpu=client_cpu, peak_kib=peak)
+        run.largest_hit = largest_hit
         run.single_fetch = single
         if cpu_before is not None and cpu_after is not None:
             run.proxy_cpu = cpu_after - cpu_before
@@ -685,10 +742,10 @@ def mix_text(runs: list[Run]) -> str:
 
 def render_table(rows: list[Row]) -> list[str]:
     header = (
-        "| workload | scenario | ok runs | wall s (min-max) | x direct | proxy CPU s | proxy CPU ms/request | "
-        "proxy peak RSS | requests | outcomes per run | upstream requests | from upstream |"
+        "| workload | scenario | ok runs | wall s (min-max) | x direct | client CPU s | proxy CPU s | "
+        "proxy CPU ms/request | proxy peak RSS | requests | outcomes per run | upstream requests | from upstream |"
     )
-    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     medians = {(r.workload, r.scenario.name): r.median("wall") for r in rows}
     for row in rows:
         good = row.good
@@ -702,7 +759,7 @@ def render_table(rows: list[Row]) -> list[str]:
         cpu, requests = row.median("proxy_cpu"), row.median("requests")
         ms_per_request = cpu_ms_per_request(row)
         per_request = "—" if ms_per_request is None else f"{ms_per_request:.1f}"
-        peak = row.median("peak_kib")
+        peak, client_cpu = row.median("peak_kib"), row.median("client_cpu")
         up_req, up_bytes = row.median("upstream_requests"), row.median("upstream_bytes")
         cells = [
             row.workload,
@@ -710,6 +767,7 @@ def render_table(rows: list[Row]) -> list[str]:
             f"{len(good)}/{len(row.runs)}",
             spread,
             ratio,
+            "—" if client_cpu is None else f"{client_cpu:.2f}",
             f"{cpu:.2f}" if proxied and cpu is not None else "—",
             per_request,
             f"{peak / KIB:.0f} MiB" if proxied and peak is not None else "—",
@@ -888,14 +946,16 @@ def render(
         f"- Throttled: {throttles}. Hung: upstream accepts, never answers. Gone: origins stopped. "
         "ruststash with its default options; Squid "
         f"{squid_version()} with ssl-bump and the config of bench/squid.py. Index files `max-age=0` (revalidated); "
-        "warm runs start a new proxy on a copy of a cache filled by one untimed cold run.",
+        "warm runs start a new proxy on a copy of a cache filled by one untimed cold run. "
+        f"Clients' homes: {client_home_text(bench.client_dir)}; the proxies' caches on the disk.",
         "",
     ]
     lines += render_table(rows)
     lines += [
         "",
         "Wall: all clients of a run, from start to the last exit (cargo: generate-lockfile + fetch; rustup: toolchain "
-        "install). x direct: over the direct scenario with as many clients. Proxy CPU: user + system time of the proxy "
+        "install). x direct: over the direct scenario with as many clients. Client CPU: user + system time of all the "
+        "clients' processes (cargo, rustup and what they ran). Proxy CPU: user + system time of the proxy "
         "process tree during the run (Squid: with its helpers); per request: over its logged requests (Squid: "
         "without CONNECT lines). Peak RSS: VmHWM of the proxy's main process, which was started for that run. "
         "Outcomes: ruststash's access log; Squid's result codes. Upstream: requests the origins received (304s "
@@ -1007,6 +1067,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to append to")
     parser.add_argument("--no-write", action="store_true", help="print the report only")
     parser.add_argument("--workdir", type=Path, help="where caches, homes and logs go (default: a temp dir)")
+    parser.add_argument(
+        "--client-dir",
+        type=Path,
+        help="where the clients' homes go (default: a directory on the tmpfs /dev/shm if it has "
+        f"{CLIENT_TMPFS_MIN_FREE // (1024 * MIB)} GiB free, else in the work directory)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--label", default="", help="a note for the report's heading")
     args = parser.parse_args(argv)
@@ -1028,6 +1094,10 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ruststash-bench-compare-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    client_dir, made_client_dir = args.client_dir, False
+    if client_dir is None:
+        client_dir, made_client_dir = default_client_dir(workdir), True
+    client_dir.mkdir(parents=True, exist_ok=True)
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     machine = machine_description()
     began = time.monotonic()
@@ -1036,7 +1106,8 @@ def main(argv: list[str] | None = None) -> int:
     bench: Bench | None = None
     failure = ""
     try:
-        bench = Bench(workdir, args.keep, args.timeout, args.profile)
+        bench = Bench(workdir, client_dir, args.keep, args.timeout, args.profile)
+        print(f"clients' homes in {client_dir}; caches and logs in {workdir}", flush=True)
         for name, _ in plan:
             if name == "rustup":
                 workloads.append(RustupWorkload(bench.tls, workdir, args.archive_mib, args.timeout))
@@ -1056,7 +1127,8 @@ def main(argv: list[str] | None = None) -> int:
                     run = bench.run(workload, scenario, number)
                     row.runs.append(run)
                     print(
-                        f"{workload.name} {scenario.name} #{number}: {run.wall:.2f} s, cpu "
+                        f"{workload.name} {scenario.name} #{number}: {run.wall:.2f} s, client cpu "
+                        f"{run.client_cpu if run.client_cpu is None else round(run.client_cpu, 2)} s, proxy cpu "
                         f"{run.proxy_cpu if run.proxy_cpu is None else round(run.proxy_cpu, 2)} s, peak "
                         f"{(run.peak_kib or 0) // KIB} MiB, {dict(run.outcomes)}, upstream {run.upstream_requests} "
                         f"req {size_text(run.upstream_bytes)}" + (f"; FAILED: {run.error}" if run.error else ""),
@@ -1072,6 +1144,8 @@ def main(argv: list[str] | None = None) -> int:
                 workload.close()
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+        if not args.keep and made_client_dir:
+            shutil.rmtree(client_dir, ignore_errors=True)
 
     if bench is None:
         print(f"could not start: {failure}", file=sys.stderr)
