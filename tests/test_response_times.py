@@ -15,7 +15,7 @@ def test_a_fast_origin_gets_the_floor_a_slow_one_the_cap() -> None:
     times = ResponseTimes()
     times.record(ORIGIN, 0.005)
     assert times.deadline(ORIGIN, 3.0) == FLOOR
-    assert times.deadline(ORIGIN, 0.5) == 0.5  # never more than --stale-after
+    assert times.deadline(ORIGIN, FLOOR / 2) == FLOOR / 2  # never more than --stale-after
     times.record(ORIGIN, 0.6)
     assert times.deadline(ORIGIN, 3.0) == pytest.approx(FACTOR * 0.6)
     times.record(ORIGIN, 2.0)  # a satellite link
