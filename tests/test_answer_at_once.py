@@ -4,6 +4,7 @@ is never started, so a request that needs upstream cannot be answered by either 
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -12,13 +13,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ruststash.errors import UpstreamError
 from ruststash.metrics import Metrics
 from ruststash.policy import CRATES_IO, Decision, classify
 from ruststash.replies import ClientRequest, Outcome, Reply
-from ruststash.service import CacheService
+from ruststash.service import CacheService, Fetched
 from ruststash.settings import CacheHost, Resilience
 from ruststash.store import Store
-from ruststash.upstream import Upstream, UpstreamMap
+from ruststash.upstream import Upstream, UpstreamMap, origin_of
 
 CRATE_PATH = "/crates/serde/serde-1.0.0.crate"
 CRATE_BODY = b"crate bytes " * 100
@@ -113,3 +115,70 @@ async def test_nothing_is_answered_at_once_without_a_memory_cache(tmp_path: Path
         assert service.answer_at_once(*request_for("static.crates.io", CRATE_PATH)) is None
     finally:
         store.close()
+
+
+STALE_INDEX = ("index.crates.io", "/3/f/foo")
+
+
+def mark_down(service: CacheService, host: str) -> None:
+    """The origin's breaker opens as after that many failed requests."""
+    breaker = service.upstream.breaker(origin_of(f"https://{host}/"))
+    for _ in range(service.resilience.breaker_threshold):
+        breaker.record_failure(time.monotonic())
+
+
+async def test_a_stale_copy_is_answered_at_once_while_its_origin_is_marked_down(service: CacheService) -> None:
+    await service.upstream.start()  # nothing is sent: a marked-down origin is not tried
+    try:
+        assert service.answer_at_once(*request_for(*STALE_INDEX)) is None  # not down: revalidated
+        mark_down(service, "index.crates.io")
+        at_once = service.answer_at_once(*request_for(*STALE_INDEX))
+        assert at_once is not None and (at_once.outcome, at_once.body) == (Outcome.STALE, b"stale\n")
+        assert "marked down after repeated failures" in at_once.note
+        handled = await service.handle(*request_for(*STALE_INDEX))
+        assert_same(at_once, handled)
+        assert at_once.note == handled.note
+        # validators that match: a 304, as `handle` gives it
+        decision, request = request_for(*STALE_INDEX, {"if-none-match": ETAG})
+        not_modified = service.answer_at_once(decision, request)
+        assert not_modified is not None and (not_modified.status, not_modified.outcome) == (304, Outcome.STALE)
+        assert_same(not_modified, await service.handle(decision, request))
+        # due for a probe (half open): left to `handle`, which sends it
+        service.upstream.breaker(origin_of("https://index.crates.io/")).open_until = 0.0
+        assert service.answer_at_once(*request_for(*STALE_INDEX)) is None
+    finally:
+        await service.upstream.close()
+
+
+async def test_a_stale_copy_of_a_slow_host_is_answered_at_once_and_refreshed_behind(service: CacheService) -> None:
+    await service.upstream.start()
+    hung: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    try:
+        mark_down(service, "index.crates.io")  # so that the background refresh sends nothing either
+        service.slow_hosts.watch("index.crates.io", hung, time.monotonic())
+        decision, request = request_for(*STALE_INDEX)
+        at_once = service.answer_at_once(decision, request)
+        assert at_once is not None and at_once.outcome is Outcome.STALE
+        assert "upstream is slow" in at_once.note
+        assert service._inflight.running(decision.key)  # its refresh, started behind the answer
+        handled = await service.handle(decision, request)
+        assert_same(at_once, handled)
+        assert at_once.note == handled.note
+    finally:
+        hung.cancel()
+        await service.upstream.close()
+
+
+async def test_a_fetch_in_progress_is_joined_not_answered_at_once(service: CacheService) -> None:
+    mark_down(service, "index.crates.io")
+    decision, _ = request_for(*STALE_INDEX)
+    release = asyncio.Event()
+
+    async def fetching() -> Fetched:
+        await release.wait()
+        return Fetched(error=UpstreamError("index.crates.io: test", 502, "reset"))
+
+    task, _, _ = service._inflight.join_or_start(decision.key, fetching)
+    assert service.answer_at_once(*request_for(*STALE_INDEX)) is None  # `handle` joins that fetch
+    release.set()
+    await task

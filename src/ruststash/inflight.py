@@ -38,6 +38,11 @@ class Inflight[T]:
         task.add_done_callback(lambda done: self._forget(key, done))
         return task, answered, False
 
+    def running(self, key: str) -> bool:
+        """Whether a fetch of `key` is in progress (a request for it would join that fetch)."""
+        running = self._tasks.get(key)
+        return running is not None and not running[0].done()
+
     def _forget(self, key: str, task: asyncio.Task[T]) -> None:
         running = self._tasks.get(key)
         if running is not None and running[0] is task:

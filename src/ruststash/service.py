@@ -195,15 +195,8 @@ class CacheService:
         With a stored copy the whole fetch must finish within `stale_deadline`. Without one, upstream must
         start answering within `miss_timeout`; after that the body may take as long as it keeps coming
         (a stalled body fails after `read_timeout`), so a large crate on a slow link is not cut off."""
-        if have_copy and self.slow_hosts.is_slow(request.host):
-            # Known slow: the copy is served at once, and refreshed in the background if there is room.
-            if self.slow_hosts.needs_probe(request.host):
-                task, _, _ = self._inflight.join_or_start(decision.key, start)
-                self.slow_hosts.watch(request.host, task, time.monotonic())
-                self.metrics.background_refresh(decision.kind.value)
-            waited = self.stale_deadline(request)
-            reason = f"{request.host}: upstream is slow (a request ran past {waited:g}s); not waiting for it"
-            return Fetched(error=UpstreamError(reason, 504, "slow"))
+        if have_copy and (slow := self._slow_host(decision, request, start)) is not None:
+            return Fetched(error=slow)
         began = time.monotonic()
         task, answered, joined = self._inflight.join_or_start(decision.key, start)
         if joined:
@@ -226,6 +219,21 @@ class CacheService:
             return None
         return await asyncio.shield(task)
 
+    def _slow_host(
+        self, decision: Decision, request: ClientRequest, start: Callable[[], Coroutine[Any, Any, Fetched]]
+    ) -> UpstreamError | None:
+        """With a copy stored and its host known slow (see SlowHosts): the error the copy is served on at once,
+        after its refresh is started in the background if there is room. None: the host is not slow."""
+        if not self.slow_hosts.is_slow(request.host):
+            return None
+        if self.slow_hosts.needs_probe(request.host):
+            task, _, _ = self._inflight.join_or_start(decision.key, start)
+            self.slow_hosts.watch(request.host, task, time.monotonic())
+            self.metrics.background_refresh(decision.kind.value)
+        waited = self.stale_deadline(request)
+        reason = f"{request.host}: upstream is slow (a request ran past {waited:g}s); not waiting for it"
+        return UpstreamError(reason, 504, "slow")
+
     async def _stored(
         self, key: str, max_body: int = INLINE_BODY, answered: bool = True
     ) -> tuple[Entry | None, bytes | None]:
@@ -244,22 +252,41 @@ class CacheService:
         return held
 
     def answer_at_once(self, decision: Decision, request: ClientRequest) -> Reply | None:
-        """The reply, if memory holds it and nothing needs asking first: a stored crate, or a fresh index file
-        or dist file. None: `handle` the request. (Not config.json, whose answers also teach the registry's
-        download host, nor manifests and archives, which rust_dist answers.) The same reply `handle` gives."""
+        """The reply, if memory holds it and nothing needs asking first: a stored crate, or an index file or
+        dist file that is fresh, or stale while upstream cannot be asked (`_unaskable`). None: `handle` the
+        request. (Not config.json, whose answers also teach the registry's download host, nor manifests and
+        archives, which rust_dist answers.) The same reply `handle` gives."""
+        outcome, note = Outcome.HIT, ""
         if decision.kind in (Kind.INDEX, Kind.DIST_FILE):
             if self._forced(decision):
                 return None
             entry = self.store.peek_hot(decision.key)
-            if entry is None or not is_fresh(entry.stored_at, entry.lifetime, self._clock()):
+            if entry is None:
                 return None
+            if not is_fresh(entry.stored_at, entry.lifetime, self._clock()):
+                unaskable = self._unaskable(decision, request, entry)
+                if unaskable is None:
+                    return None
+                outcome, note = Outcome.STALE, unaskable.reason
         elif decision.kind is not Kind.CRATE:
             return None
         held = self._held(decision.key)
         if held is None:
             return None
         entry, body = held
-        return _not_modified_reply(entry, request, Outcome.HIT) or Reply(entry.status, entry.headers, body, Outcome.HIT)
+        return _not_modified_reply(entry, request, outcome, note) or Reply(
+            entry.status, entry.headers, body, outcome, note
+        )
+
+    def _unaskable(self, decision: Decision, request: ClientRequest, entry: Entry) -> UpstreamError | None:
+        """Why a stale copy in hand is served without waiting for upstream, as `revalidating` would serve it:
+        its host is known slow (its refresh is then started in the background if there is room), or every
+        origin of it is marked down. None: ask upstream (also when a fetch of it is already in progress, which
+        `handle` would join)."""
+        if self._inflight.running(decision.key):
+            return None
+        slow = self._slow_host(decision, request, lambda: self._refetch(decision, request, entry))
+        return slow if slow is not None else self.upstream.marked_down(request.url)
 
     def stale_deadline(self, request: ClientRequest) -> float:
         """How long a request holding a stored copy waits for upstream: `--stale-after`, or less for an

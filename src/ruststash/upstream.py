@@ -14,7 +14,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from .breaker import Breaker
+from .breaker import Breaker, State
 from .errors import ConfigError, UpstreamError
 from .inflight import UPSTREAM_ANSWERED
 from .metrics import Metrics
@@ -145,6 +145,22 @@ class Upstream:
         origin = self.mapping.origins(scheme, host, port)[0].base
         return self.response_times.deadline(origin, cap)
 
+    def marked_down(self, url: str) -> UpstreamError | None:
+        """The error `get(url)` would raise without trying anything, because every origin it may go to is
+        marked down and not yet due for a probe (counted as `get` counts it); None if one could be tried."""
+        if not self._breakers:
+            return None
+        now = self._clock()
+        reasons = []
+        for candidate in self.mapping.urls(url):
+            breaker = self._breakers.get(origin_of(candidate))
+            if breaker is None or breaker.state(now) is not State.OPEN:
+                return None
+            reasons.append(_down_reason(urlsplit(candidate).netloc, breaker, now))
+        for _ in reasons:
+            self._metrics.upstream_error("circuit_open")
+        return UpstreamError("; ".join(reasons), 503, "circuit_open")
+
     def breaker_states(self) -> dict[str, str]:
         now = self._clock()
         return {origin: breaker.state(now).value for origin, breaker in self._breakers.items()}
@@ -222,11 +238,7 @@ class Upstream:
         breaker = self.breaker(origin)
         now = self._clock()
         if not breaker.allow(now):
-            error = UpstreamError(
-                f"{parts.netloc}: marked down after repeated failures; next try in {breaker.retry_in(now):.0f}s",
-                503,
-                "circuit_open",
-            )
+            error = UpstreamError(_down_reason(parts.netloc, breaker, now), 503, "circuit_open")
             self._metrics.upstream_error(error.cause)
             raise error
         send = {"user-agent": self._user_agent, **headers}
@@ -298,6 +310,10 @@ class StreamingResponse:
                 raise UpstreamError(f"{urlsplit(self.url).netloc}: body larger than {MAX_BODY_BYTES} bytes")
             parts.append(chunk)
         return b"".join(parts)
+
+
+def _down_reason(netloc: str, breaker: Breaker, now: float) -> str:
+    return f"{netloc}: marked down after repeated failures; next try in {breaker.retry_in(now):.0f}s"
 
 
 @contextlib.contextmanager
