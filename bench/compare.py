@@ -154,9 +154,10 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-# The clients' homes go to a tmpfs when there is one with this much free: on this machine kind creating a file
-# on the disk costs cargo 0.4-0.5 ms of kernel time, and that cost swung cargo's own CPU per run by 2-3x (2.4 to
-# 6.4 s for one warm fetch), drowning the proxies' differences. The proxies' caches stay on the disk.
+# The clients' homes go to a tmpfs when there is one with this much free: on this machine creating a file under
+# /tmp (the default work directory) cost 0.4-0.6 ms of kernel time, and cargo creates thousands, so its own CPU
+# per warm fetch swung from 2.4 to 6.4 s run to run, drowning the proxies' differences (bench/README.md). The
+# proxies' caches stay in the work directory, on the disk.
 CLIENT_TMPFS = Path("/dev/shm")
 CLIENT_TMPFS_MIN_FREE = 4 * 1024 * MIB
 
