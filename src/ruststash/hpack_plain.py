@@ -23,6 +23,7 @@ from hpack.table import HeaderTable
 _INDEXED = 0x80
 _LITERAL_NOT_INDEXED = 0x00
 _LITERAL_NEVER_INDEXED = 0x10
+_INDEX_PREFIX_BITS = 7
 _NAME_PREFIX_BITS = 4
 _LENGTH_PREFIX_BITS = 7  # string length, with the Huffman bit left at 0
 
@@ -83,7 +84,7 @@ class PlainEncoder(hpack.Encoder):
             if not sensitive:
                 index = _STATIC_FIELDS.get((name, value))
                 if index is not None:
-                    block.append(_integer(index, 7, _INDEXED))
+                    block.append(_integer(index, _INDEX_PREFIX_BITS, _INDEXED))
                     continue
             pattern = _LITERAL_NEVER_INDEXED if sensitive else _LITERAL_NOT_INDEXED
             start = names.get((name, pattern))

@@ -148,9 +148,9 @@ class Upstream:
     def marked_down(self, url: str) -> UpstreamError | None:
         """The error `get(url)` would raise without trying anything, because every origin it may go to is
         marked down and not yet due for a probe (counted as `get` counts it); None if one could be tried."""
-        if not self._breakers:
-            return None
         now = self._clock()
+        if not any(breaker.state(now) is State.OPEN for breaker in self._breakers.values()):
+            return None  # the usual case, asked on every revalidation: no URL mapping needed to say so
         reasons = []
         for candidate in self.mapping.urls(url):
             breaker = self._breakers.get(origin_of(candidate))
