@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import subprocess
@@ -246,6 +247,61 @@ def test_crates_answered_from_memory_are_refetched_once_purged(
     sandbox(tmp_path / "after-purge", proxy).run(["fetch"], project)
     assert sorted(crate_downloads(crates_origin)) == sorted(fetched)
     assert outcomes(proxy, seen).get("MISS", set()) >= set(fetched)
+
+
+# Loaded by the proxy's Python at start (PYTHONPATH): writes a line to the proxy's log for each request that
+# h2_answers answers on the client's HTTP/2 connection, without a flow.
+IN_PLACE_PROBE = """
+import sys
+from ruststash import h2_answers
+_answered = h2_answers.answered
+def _probe(server, event, answerer):
+    done = _answered(server, event, answerer)
+    if done:
+        print("probe: answered in place", file=sys.stderr, flush=True)
+    return done
+h2_answers.answered = _probe
+"""
+
+
+def requests_counted(proxy: ProxyProcess) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.admin_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(v) for v in re.findall(r"^ruststash_requests_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+def test_warm_hits_are_answered_on_cargos_http2_connection_and_counted_once(
+    tmp_path: Path,
+    start_proxy: ProxyFactory,
+    crates_origin: FakeCratesIo,
+    origin_tls: OriginTLS,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A warm cargo's crates come from memory straight on its HTTP/2 connection (h2_answers), each logged
+    and counted once, as a flow's answer is."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(IN_PLACE_PROBE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(probe), os.environ.get("PYTHONPATH")])))
+    proxy = start_proxy(upstream_args(crates_origin, origin_tls))
+    project = consumer(tmp_path, crates_origin.registry)
+    sandbox(tmp_path / "cold", proxy).run(["fetch"], project)
+    fetched = crate_downloads(crates_origin)
+    assert fetched
+
+    crates_origin.reset_counts()
+    seen, counted = len(proxy.access()), requests_counted(proxy)
+    in_place = proxy.log().count("probe: answered in place")
+    generate_fetch_build(sandbox(tmp_path / "warm", proxy), project)
+
+    assert crate_downloads(crates_origin) == []
+    warm = proxy.access()[seen:]
+    hits = {r["path"] for r in warm if r["outcome"] == "HIT"}
+    assert hits >= set(fetched)
+    answered_in_place = proxy.log().count("probe: answered in place") - in_place
+    assert len(fetched) <= answered_in_place <= len(hits)
+    assert requests_counted(proxy) - counted == len(warm)  # each request counted once, whichever path it took
+    assert len({(r["method"], r["path"]) for r in warm}) == len(warm)  # and logged once
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ with warnings.catch_warnings():  # mitmproxy's addons import pyparsing and ldap3
     from mitmproxy.addons import proxyserver, tlsconfig
     from mitmproxy.http import HTTPFlow
     from mitmproxy.master import Master
+    from mitmproxy.net.http import url
     from mitmproxy.proxy import commands, events, layer, server
     from mitmproxy.proxy.context import Context
     from mitmproxy.proxy.layers.http import (
@@ -419,3 +420,24 @@ def test_what_a_child_sends_for_one_event_is_encrypted_in_one_piece_before_anyth
             client.bio_write(command.data)
             plaintext.append(client.recv(1 << 16))
     assert plaintext == [b"HEADERS DATA END ", b"LAST"]
+
+
+def test_parsed_authorities_are_kept_and_malformed_ones_still_refused() -> None:
+    mitm_tuning.install()
+    parse = url.parse_authority.__wrapped__  # type: ignore[attr-defined]  # mitmproxy's own
+    hits = url.parse_authority.cache_info().hits  # type: ignore[attr-defined]
+    for authority, check in [
+        (b"index.crates.io:443", True),
+        (b"index.crates.io", True),
+        ("static.crates.io:8443", False),
+        (b"[::1]:8080", True),
+        (b"xn--bcher-kva.example", True),
+        ("not a host!", False),
+    ]:
+        assert url.parse_authority(authority, check) == parse(authority, check)
+        assert url.parse_authority(authority, check) == parse(authority, check)  # the kept answer, the same
+    assert url.parse_authority.cache_info().hits >= hits + 6  # type: ignore[attr-defined]
+    for malformed in (b"not a host!", b"index.crates.io:99999", b"a:b:c"):
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                url.parse_authority(malformed, True)

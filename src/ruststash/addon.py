@@ -42,8 +42,7 @@ class _Forwarded:
     from_blobs: bool = False
 
 
-def client_request(flow: http.HTTPFlow) -> ClientRequest:
-    request = flow.request
+def client_request(request: http.Request) -> ClientRequest:
     headers: dict[str, str] = {}
     for name, value in request.headers.items(multi=True):
         name = name.lower()
@@ -130,7 +129,7 @@ class RuststashAddon:
         connecting right after this hook, before the `request` hook."""
         if flow.response or flow.error or not flow.live:
             return
-        request = client_request(flow)
+        request = client_request(flow.request)
         decision = self.service.decide(request)
         if decision.kind is Kind.PASS:
             if self.service.is_cached_host(request.host, request.port):
@@ -145,6 +144,23 @@ class RuststashAddon:
             self._answer(flow, request, decision, reply)
             return
         flow.metadata[_DECIDED] = (request, decision)
+
+    def answer_from_memory(self, head: http.Request) -> http.Response | None:
+        """A complete HTTP/2 GET, offered before mitmproxy makes a flow of it (h2_answers): the response if
+        memory answers it at once, counted and logged as `requestheaders` would count and log it. None: the
+        flow path takes it (and decides again; an internal error is logged there)."""
+        request = client_request(head)
+        decision = self.service.decide(request)
+        if decision.kind is Kind.PASS:
+            return None
+        try:
+            reply = self.service.answer_at_once(decision, request)
+        except Exception:
+            return None
+        if reply is None:
+            return None
+        self._count(request, decision, reply, head.timestamp_start)
+        return make_response(reply)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         decided: tuple[ClientRequest, Decision] | None = flow.metadata.pop(_DECIDED, None)
@@ -168,7 +184,10 @@ class RuststashAddon:
         """Set the flow's response to `reply` (whole, in memory) and count and log it."""
         flow.response = make_response(reply)
         mitm_tuning.mark_answered(flow)  # no hook of the flow after this one has anything to do for it
-        self.bodies.answered(len(reply.body))
+        self.bodies.answered(len(reply.body))  # the finished flow holds the body until a collection
+        self._count(request, decision, reply, flow.request.timestamp_start)
+
+    def _count(self, request: ClientRequest, decision: Decision, reply: Reply, started: float) -> None:
         self.service.metrics.request(decision.kind.value, reply.outcome.value, len(reply.body))
         log_request(
             method=request.method,
@@ -177,7 +196,7 @@ class RuststashAddon:
             outcome=reply.outcome.value,
             status=reply.status,
             size=len(reply.body),
-            seconds=time.time() - flow.request.timestamp_start,
+            seconds=time.time() - started,
             note=reply.note,
         )
 

@@ -20,7 +20,7 @@ from mitmproxy.master import Master
 from mitmproxy.utils import asyncio_utils
 from prometheus_client import CollectorRegistry
 
-from . import __version__, body_gc, ca, http1_limits, mitm_tuning, response_times
+from . import __version__, body_gc, ca, h2_answers, http1_limits, mitm_tuning, response_times
 from .addon import RuststashAddon
 from .admin import Admin, start_admin
 from .blobserver import BlobServer
@@ -158,18 +158,17 @@ async def serve(settings: Settings) -> None:
 
     http1_limits.install()
     mitm_tuning.install()
+    h2_answers.install()
     prometheus_client.disable_created_metrics()  # `_created` series only clutter the dashboards
     known = UpstreamMap(settings.upstreams).known_origins(h.host for h in settings.cache_hosts)
     metrics = Metrics(CollectorRegistry(), upstreams=known)
     async with running_service(settings, metrics) as (service, upstream_map), serving_blobs() as blobs:
         master = Master(options.Options(), with_termlog=False)
         mitm_tuning.without_legacy_log_events(master)
-        master.addons.add(
-            *(addon() for addon in MITMPROXY_ADDONS),
-            RuststashAddon(
-                service, upstream_map, blobs, egress_policy(settings, upstream_map, blobs), settings.http1_hosts
-            ),
+        addon = RuststashAddon(
+            service, upstream_map, blobs, egress_policy(settings, upstream_map, blobs), settings.http1_hosts
         )
+        master.addons.add(*(mitm_addon() for mitm_addon in MITMPROXY_ADDONS), addon)
         master.options.update(**mitmproxy_options(settings))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -182,6 +181,7 @@ async def serve(settings: Settings) -> None:
             if not await ps.setup_servers():
                 raise StartupError(f"cannot listen on {settings.listen} (--listen)")
             admin = await start_admin(settings.admin_listen, Admin(service, metrics, settings.data_dir))
+            h2_answers.register(addon.answer_from_memory)
             try:
                 await master.running()
                 body_gc.freeze_startup_objects()
@@ -194,5 +194,6 @@ async def serve(settings: Settings) -> None:
                 )
                 await master.should_exit.wait()
             finally:
+                h2_answers.register(None)
                 await admin.cleanup()
                 await master.done()

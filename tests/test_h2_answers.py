@@ -1,0 +1,242 @@
+"""Hits answered on a client's HTTP/2 connection without a flow (h2_answers): mitmproxy's Http2Server layer,
+driven by a real h2 client's bytes, answers what the answerer answers as mitmproxy would have sent it, and
+hands everything else to the flow path unchanged."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+with warnings.catch_warnings():  # mitmproxy's addons import code that warns of deprecations
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from mitmproxy import addonmanager, connection, http, options
+    from mitmproxy.addons import proxyserver
+    from mitmproxy.proxy import commands, events
+    from mitmproxy.proxy.context import Context
+    from mitmproxy.proxy.layers.http import ReceiveHttp, RequestHeaders
+    from mitmproxy.proxy.layers.http._http2 import Http2Server
+
+from ruststash import h2_answers
+
+AUTHORITY = "index.crates.io"
+
+
+class Answerer:
+    """Answers the paths it knows, records every request it is asked."""
+
+    def __init__(self, answers: dict[str, http.Response]) -> None:
+        self.answers = answers
+        self.asked: list[http.Request] = []
+
+    def __call__(self, request: http.Request) -> http.Response | None:
+        self.asked.append(request)
+        return self.answers.get(request.path)
+
+
+def response(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> http.Response:
+    return http.Response(b"HTTP/1.1", status, b"", http.Headers(headers), body, None, 0.0, 0.0)
+
+
+def proxy_options() -> options.Options:
+    """Options with mitmproxy's proxy options (validate_inbound_headers and the HTTP/2 ones) at their defaults."""
+    opts = options.Options()
+    proxyserver.Proxyserver().load(addonmanager.Loader(SimpleNamespace(options=opts)))
+    return opts
+
+
+class Connected:
+    """mitmproxy's Http2Server for one client connection, and a real h2 client talking to it."""
+
+    def __init__(self, tls: bool = True, window: int = 65535) -> None:
+        peer = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0.0)
+        peer.tls = tls
+        peer.alpn = b"h2"
+        self.server = Http2Server(Context(peer, proxy_options()))
+        self.peer = peer
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.client = h2.connection.H2Connection(config)
+        self.client.local_settings.initial_window_size = window
+        self.client.initiate_connection()
+        self.to_client(list(self.server.handle_event(events.Start())))
+        self.send()  # the client's preface and settings, and its ACK of the server's
+
+    def to_client(self, issued: list[commands.Command]) -> list[h2.events.Event]:
+        received: list[h2.events.Event] = []
+        for command in issued:
+            if isinstance(command, commands.SendData):
+                received += self.client.receive_data(command.data)
+        return received
+
+    def send(self) -> tuple[list[commands.Command], list[h2.events.Event]]:
+        """What the client has written, read by the server in one read: (its commands, the client's events)."""
+        issued = list(self.server.handle_event(events.DataReceived(self.peer, self.client.data_to_send())))
+        return issued, self.to_client(issued)
+
+    def get(self, path: str, method: str = "GET", end_stream: bool = True, authority: str = AUTHORITY) -> int:
+        stream_id = self.client.get_next_available_stream_id()
+        headers = [(":method", method), (":scheme", "https"), (":path", path)]
+        if authority:
+            headers.append((":authority", authority))
+        headers += [("accept", "*/*")] if authority else [("host", AUTHORITY)]  # h2 wants one or the other
+        self.client.send_headers(stream_id, [(k.encode(), v.encode()) for k, v in headers], end_stream=end_stream)
+        return stream_id
+
+
+@pytest.fixture
+def answer() -> Iterator[Answerer]:
+    h2_answers.install()
+    answerer = Answerer({})
+    h2_answers.register(answerer)
+    yield answerer
+    h2_answers.register(None)
+
+
+def flow_requests(issued: list[commands.Command]) -> list[http.Request]:
+    """The requests the server handed up to mitmproxy's HTTP layer (each becomes a flow)."""
+    return [c.event.request for c in issued if isinstance(c, ReceiveHttp) and isinstance(c.event, RequestHeaders)]
+
+
+def reply_of(received: list[h2.events.Event], stream_id: int) -> tuple[list[tuple[bytes, bytes]], bytes, bool]:
+    headers: list[tuple[bytes, bytes]] = []
+    body, ended = b"", False
+    for event in received:
+        if getattr(event, "stream_id", None) != stream_id:
+            continue
+        if isinstance(event, h2.events.ResponseReceived):
+            headers = list(event.headers)
+        elif isinstance(event, h2.events.DataReceived):
+            body += event.data
+        elif isinstance(event, h2.events.StreamEnded):
+            ended = True
+    return headers, body, ended
+
+
+def test_a_hit_is_answered_in_place_as_mitmproxy_would_send_it(answer: Answerer) -> None:
+    body = b'{"name":"serde"}\n' * 10
+    answer.answers["/se/rd/serde"] = response(
+        200, body, [(b"Content-Type", b"application/json"), (b"connection", b"keep-alive"), (b"x-cache", b"HIT")]
+    )
+    conn = Connected()
+    stream_id = conn.get("/se/rd/serde")
+
+    issued, received = conn.send()
+
+    assert flow_requests(issued) == []  # no flow
+    assert [(r.method, r.host, r.port, r.path, r.authority) for r in answer.asked] == [
+        ("GET", AUTHORITY, 443, "/se/rd/serde", AUTHORITY)
+    ]
+    assert answer.asked[0].headers["accept"] == "*/*"
+    headers, got, ended = reply_of(received, stream_id)
+    # names lowercased and the connection-specific header dropped, as mitmproxy normalises a response
+    assert headers == [(b":status", b"200"), (b"content-type", b"application/json"), (b"x-cache", b"HIT")]
+    assert got == body and ended
+
+
+def test_a_body_beyond_the_clients_window_waits_for_its_window_updates(answer: Answerer) -> None:
+    body = bytes(range(256)) * 1000  # 256,000 bytes: frames of 16 KiB, past a 64 KiB window
+    answer.answers["/crates/big/1.0.0/download"] = response(200, body, [(b"content-length", b"256000")])
+    conn = Connected(window=65535)
+    stream_id = conn.get("/crates/big/1.0.0/download")
+
+    _, received = conn.send()
+    headers, got, ended = reply_of(received, stream_id)
+    assert headers[0] == (b":status", b"200") and len(got) == 65535 and not ended
+
+    for _ in range(10):  # the client reads and opens its window; the server sends on
+        for event in received:
+            if isinstance(event, h2.events.DataReceived):
+                conn.client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        _, received = conn.send()
+        _, more, ended = reply_of(received, stream_id)
+        got += more
+        if ended:
+            break
+    assert got == body and ended
+
+
+def test_an_answer_without_a_body_ends_the_stream_with_its_headers(answer: Answerer) -> None:
+    answer.answers["/se/rd/serde"] = response(304, b"", [(b"etag", b'"abc"')])
+    conn = Connected()
+    stream_id = conn.get("/se/rd/serde")
+
+    _, received = conn.send()
+
+    assert reply_of(received, stream_id) == ([(b":status", b"304"), (b"etag", b'"abc"')], b"", True)
+    ends = [e for e in received if isinstance(e, h2.events.StreamEnded) and e.stream_id == stream_id]
+    headers_ending = [e for e in received if isinstance(e, h2.events.ResponseReceived) and e.stream_ended]
+    assert len(ends) == 1 and headers_ending  # no empty DATA frame after the headers
+
+
+def test_what_the_answerer_declines_goes_to_the_flow_path(answer: Answerer) -> None:
+    conn = Connected()
+    conn.get("/config.json")
+
+    issued, received = conn.send()
+
+    assert len(answer.asked) == 1
+    assert [r.path for r in flow_requests(issued)] == ["/config.json"]
+    assert not [e for e in received if isinstance(e, h2.events.ResponseReceived)]
+
+
+@pytest.mark.parametrize(
+    ("method", "end_stream", "authority"),
+    [("HEAD", True, AUTHORITY), ("POST", True, AUTHORITY), ("GET", False, AUTHORITY), ("GET", True, "")],
+    ids=["head", "post", "get-with-a-body-to-come", "no-authority"],
+)
+def test_other_requests_are_not_offered_to_the_answerer(
+    answer: Answerer, method: str, end_stream: bool, authority: str
+) -> None:
+    answer.answers["/se/rd/serde"] = response(200, b"x", [])
+    conn = Connected()
+    conn.get("/se/rd/serde", method=method, end_stream=end_stream, authority=authority)
+
+    issued, _ = conn.send()
+
+    assert answer.asked == []
+    assert [r.method for r in flow_requests(issued)] == [method]
+
+
+def test_a_connection_whose_client_side_is_not_tls_is_left_to_the_flow_path(answer: Answerer) -> None:
+    answer.answers["/se/rd/serde"] = response(200, b"x", [])
+    conn = Connected(tls=False)
+    conn.get("/se/rd/serde")
+
+    issued, _ = conn.send()
+
+    assert answer.asked == [] and len(flow_requests(issued)) == 1
+
+
+def test_no_answerer_registered_means_the_flow_path(answer: Answerer) -> None:
+    h2_answers.register(None)
+    conn = Connected()
+    conn.get("/se/rd/serde")
+
+    issued, _ = conn.send()
+
+    assert len(flow_requests(issued)) == 1
+
+
+def test_one_read_answers_at_most_answers_per_read_the_rest_take_the_flow_path(
+    answer: Answerer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h2_answers, "ANSWERS_PER_READ", 3)
+    for n in range(5):
+        answer.answers[f"/crate/{n}"] = response(200, b"body %d" % n, [])
+    conn = Connected()
+    streams = [conn.get(f"/crate/{n}") for n in range(5)]
+
+    issued, received = conn.send()  # all five in one read
+
+    answered_here = [s for s in streams if reply_of(received, s)[2]]
+    assert answered_here == streams[:3]
+    assert [r.path for r in flow_requests(issued)] == ["/crate/3", "/crate/4"]
+
+    stream = conn.get("/crate/0")  # the next read starts a new allowance
+    _, received = conn.send()
+    assert reply_of(received, stream)[1:] == (b"body 0", True)
