@@ -43,7 +43,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import KIB, WORKLOADS_DIR, crates_body_sizes, machine_line, publish, size_text, stop_proxy
+from bench.common import (
+    CLIENT_TMPFS_MIN_FREE,
+    KIB,
+    MIB,
+    WORKLOADS_DIR,
+    client_home_text,
+    crates_body_sizes,
+    default_client_dir,
+    machine_line,
+    publish,
+    size_text,
+    stop_proxy,
+)
 from bench.memory import DEFAULT_OUTPUT, cpu_seconds, machine_description
 from tests.harness import ProxyProcess, proxy_client_env
 from tests.origins.clients import CargoSandbox, source_replacement_toml, write_consumer
@@ -186,8 +198,9 @@ class Settings:
 
 
 class Bench:
-    def __init__(self, workdir: Path, registry: Registry, settings: Settings, keep: bool) -> None:
+    def __init__(self, workdir: Path, client_dir: Path, registry: Registry, settings: Settings, keep: bool) -> None:
         self.workdir = workdir
+        self.client_dir = client_dir  # cargo's homes and projects (the proxy's cache stays in workdir)
         self.registry = registry
         self.settings = settings
         self.keep = keep
@@ -228,8 +241,14 @@ class Bench:
                 return times[0], times[1], f"cargo {command} exited {result.returncode}: {tail}"
         return times[0], times[1], ""
 
-    def project(self, root: Path) -> Path:
-        return write_consumer(root / "project", self.registry.consumer_deps())
+    def project(self, clients: Path) -> Path:
+        return write_consumer(clients / "project", self.registry.consumer_deps())
+
+    def clients(self, root: Path) -> Path:
+        """Where cargo's home and project of the run in `root` go: under `client_dir`."""
+        clients = self.client_dir / root.name
+        clients.mkdir(parents=True, exist_ok=True)
+        return clients
 
     # ---- proxy
 
@@ -245,15 +264,18 @@ class Bench:
     def fill(self) -> None:
         """Fill a cache once with an unfaulted cold run (not part of any scenario's figures)."""
         root = self.workdir / "fill"
+        clients = self.clients(root)
         with self.proxy(root, None) as proxy:
-            box = CargoSandbox(root / "client", env_extra=proxy_client_env(proxy))
+            box = CargoSandbox(clients / "client", env_extra=proxy_client_env(proxy))
             began = time.monotonic()
-            _lock, _fetch, error = self.cargo(box, self.project(root))
+            _lock, _fetch, error = self.cargo(box, self.project(clients))
             self.fill_seconds = time.monotonic() - began
             if error:
                 raise RuntimeError(f"filling the cache failed: {error}")
             self.fill_outcomes = Counter(r.outcome for r in read_access(proxy.log()))
             self.template = proxy.cache_dir
+        if not self.keep:
+            shutil.rmtree(clients, ignore_errors=True)
 
     # ---- scenarios
 
@@ -283,14 +305,16 @@ class Bench:
             self.origin.restore()
             if not self.keep:
                 shutil.rmtree(root, ignore_errors=True)
+                shutil.rmtree(self.client_dir / root.name, ignore_errors=True)
 
     def _direct(self, root: Path) -> Run:
+        clients = self.clients(root)
         box = CargoSandbox(
-            root / "client",
+            clients / "client",
             config_toml=source_replacement_toml(self.direct_origin.index_url),
             env_extra={"CARGO_HTTP_CAINFO": str(self.tls.ca_pem)},
         )
-        project = self.project(root)
+        project = self.project(clients)
         self.direct_origin.reset_counts()
         began = time.monotonic()
         lock, fetch, error = self.cargo(box, project)
@@ -301,14 +325,16 @@ class Bench:
         run.upstream_bytes = sum(self.sizes.get(r.path, 0) for r in records if r.status == 200)
         if not self.keep:
             shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(clients, ignore_errors=True)
         return run
 
     def _proxied(self, root: Path, cache_dir: Path | None) -> Run:
         with self.proxy(root, cache_dir) as proxy:
             assert proxy.process is not None
             pid = proxy.process.pid
-            box = CargoSandbox(root / "client", env_extra=proxy_client_env(proxy))
-            project = self.project(root)
+            clients = self.clients(root)
+            box = CargoSandbox(clients / "client", env_extra=proxy_client_env(proxy))
+            project = self.project(clients)
             self.origin.reset_counts()
             cpu_before = cpu_seconds(pid)
             began = time.monotonic()
@@ -388,7 +414,8 @@ def render(rows: list[Row], bench: Bench, machine: dict[str, str], when: str, la
         f"share one {s.rate / KIB:.0f} KiB/s link ({s.chunk // KIB} KiB pieces). Hung: upstream accepts and never "
         f"answers. ruststash `--stale-after {s.stale_after:g}` (other options default); index files "
         "`max-age=0` and validators ignored upstream, so every warm index request goes upstream. Warm runs use a "
-        f"copy of a cache filled once by an unfaulted cold run (took {bench.fill_seconds or 0:.1f} s).",
+        f"copy of a cache filled once by an unfaulted cold run (took {bench.fill_seconds or 0:.1f} s). "
+        f"cargo's homes: {client_home_text(bench.client_dir)}; the proxy's cache on the disk.",
         "",
         "| scenario | ok runs | wall s (min-max) | lockfile s + fetch s | x direct | x warm unfaulted | requests "
         "| outcomes per run | index requests in proxy: median ms (max); in sequence; busy s | proxy CPU ms/request "
@@ -480,7 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to append to")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
-    parser.add_argument("--workdir", type=Path, help="where caches, homes and logs go (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path, help="where caches and logs go (default: a temp dir)")
+    parser.add_argument(
+        "--client-dir",
+        type=Path,
+        help="where cargo's homes go (default: a directory on the tmpfs /dev/shm if it has "
+        f"{CLIENT_TMPFS_MIN_FREE // (1024 * MIB)} GiB free, else in the work directory)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and every run's files")
     parser.add_argument("--label", default="", help="a note for the table's heading (what was measured)")
     args = parser.parse_args(argv)
@@ -503,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ruststash-bench-slow-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    client_dir, made_client_dir = args.client_dir, False
+    if client_dir is None:
+        client_dir, made_client_dir = default_client_dir(workdir), True
+    client_dir.mkdir(parents=True, exist_ok=True)
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     machine = machine_description()
     rows: list[Row] = []
@@ -512,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         lockfile = WORKLOADS_DIR / f"{args.workload}.Cargo.lock"
         print(f"building (or loading) the {args.workload} registry in {args.registry_cache} ...", file=sys.stderr)
         registry = build_registry(spec_from_lockfile(lockfile), args.registry_cache)
-        bench = Bench(workdir, registry, settings, args.keep)
+        bench = Bench(workdir, client_dir, registry, settings, args.keep)
         if any(s.startswith("warm") for s in args.scenarios):
             print("filling the cache (unfaulted, not timed) ...", file=sys.stderr, flush=True)
             bench.fill()
@@ -538,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.close()
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+        if not args.keep and made_client_dir:
+            shutil.rmtree(client_dir, ignore_errors=True)
 
     if bench is None:
         print(f"could not start: {failure}", file=sys.stderr)
