@@ -22,7 +22,7 @@ with warnings.catch_warnings():  # mitmproxy's addons import code that warns of 
     from mitmproxy.proxy.layers.http import ReceiveHttp, RequestHeaders
     from mitmproxy.proxy.layers.http._http2 import Http2Server
 
-from ruststash import h2_answers
+from ruststash import h2_answers, mitm_tuning
 
 AUTHORITY = "index.crates.io"
 
@@ -90,6 +90,7 @@ class Connected:
 
 @pytest.fixture
 def answer() -> Iterator[Answerer]:
+    mitm_tuning.install()  # as `serve` runs mitmproxy
     h2_answers.install()
     answerer = Answerer({})
     h2_answers.register(answerer)
@@ -147,6 +148,9 @@ def test_a_body_beyond_the_clients_window_waits_for_its_window_updates(answer: A
     _, received = conn.send()
     headers, got, ended = reply_of(received, stream_id)
     assert headers[0] == (b":status", b"200") and len(got) == 65535 and not ended
+    waiting = conn.server.h2_conn.stream_buffers[stream_id]  # views of the body, not copies (mitm_tuning)
+    pieces = [piece.data for piece in waiting if piece.data]  # (and the empty one that ends the stream)
+    assert pieces and all(isinstance(piece, memoryview) and piece.obj is body for piece in pieces)
 
     for _ in range(10):  # the client reads and opens its window; the server sends on
         for event in received:

@@ -55,6 +55,10 @@
   their one-off values (ETag, Content-Length) never matched again: about 37 us per response. Every HTTP/2
   connection's encoder is now `hpack_plain.PlainEncoder` (static table and plain literals): about 8 us.
 
+- mitmproxy's HTTP/2 connection cuts a body into frame-sized pieces by slicing it: a copy of the whole body,
+  held piece by piece while the client's flow-control window keeps it waiting. Eight warm cargo clients keep
+  tens of MiB of crates waiting so, copies of bodies that memory or a flow already holds. A body is now cut
+  into views of itself (`memoryview`, which h2 accepts and hyperframe copies out frame by frame as it writes).
 - mitmproxy parses each request's authority (`host:port`) afresh, and its check of the host name runs it
   through the IDNA codec: about 6 us a request, for the same few host names. The results are kept for the
   last AUTHORITY_MEMO authorities seen (a malformed one raises each time, as before).
@@ -136,16 +140,30 @@ def install() -> None:
 
 
 def _install_plain_hpack() -> None:
+    """HTTP/2 connections get `PlainEncoder`, and cut bodies into views instead of copies."""
     connection = _http_h2.BufferedH2Connection
     if getattr(connection, _PLAIN_HPACK_INSTALLED, False):
         return
     init = connection.__init__
+    send_data = connection.send_data
 
     def with_plain_encoder(self: _http_h2.BufferedH2Connection, config: Any) -> None:
         init(self, config)
         self.encoder = PlainEncoder()
 
+    def sending_views(
+        self: _http_h2.BufferedH2Connection,
+        stream_id: int,
+        data: bytes,
+        end_stream: bool = False,
+        pad_length: None = None,
+    ) -> None:
+        if isinstance(data, bytes) and len(data) > self.max_outbound_frame_size:
+            data = memoryview(data)  # type: ignore[assignment]  # h2 takes bytes | memoryview
+        send_data(self, stream_id, data, end_stream, pad_length)
+
     connection.__init__ = with_plain_encoder  # type: ignore[method-assign]
+    connection.send_data = sending_views  # type: ignore[method-assign]
     setattr(connection, _PLAIN_HPACK_INSTALLED, True)
 
 

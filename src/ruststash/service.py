@@ -118,6 +118,8 @@ class CacheService:
         self._registries: dict[tuple[str, str], Registry] = {("index.crates.io", ""): policy.CRATES_IO}
         self._learned_configs: set[str] = set()
         self._inflight: Inflight[Fetched] = Inflight()
+        # Reads from disk in progress, by (key, max_body): see _read.
+        self._reads: dict[tuple[str, int], asyncio.Future[tuple[Entry | None, bytes | None]]] = {}
         self.slow_hosts = SlowHosts(_answered, resilience.stale_after, time.monotonic)
         self.rust = RustDist(self, clock)
         self._registry_written_at = -math.inf  # time.monotonic() of the last publish/yank seen
@@ -241,8 +243,24 @@ class CacheService:
         hop), else from the store in a worker thread. `answered`: see `Store.lookup_hot`."""
         held = self._held(key, answered)
         if held is None:
-            return await asyncio.to_thread(self.store.lookup_with_body, key, max_body)
+            return await self._read(key, max_body)
         return held
+
+    async def _read(self, key: str, max_body: int) -> tuple[Entry | None, bytes | None]:
+        """`Store.lookup_with_body` in a worker thread, shared by the requests that want the same entry while
+        it runs: eight CI runners asking for a 3 MB crate (too large to be held in memory) at once get one read
+        and one body between them, not eight."""
+        read = self._reads.get((key, max_body))
+        if read is None:
+            read = asyncio.ensure_future(asyncio.to_thread(self.store.lookup_with_body, key, max_body))
+            self._reads[(key, max_body)] = read
+            read.add_done_callback(lambda done: self._read_done((key, max_body), done))
+        return await asyncio.shield(read)
+
+    def _read_done(self, read_key: tuple[str, int], done: asyncio.Future[Any]) -> None:
+        self._reads.pop(read_key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone (their clients left), each gets it raised
 
     def _held(self, key: str, answered: bool = True) -> tuple[Entry, bytes] | None:
         """The entry for `key` and its body if memory holds them (see `Store.lookup_hot`)."""
