@@ -102,9 +102,12 @@ async def running_service(settings: Settings, metrics: Metrics) -> AsyncIterator
     await upstream.start()
     stop_filling = threading.Event()
     filling = spawn(fill_memory(store, stop_filling), "fill the memory cache")
+    service = CacheService(store, upstream, settings.cache_hosts, settings.resilience, metrics)
+    watching = spawn(service.loop_lag.watch(), "watch the event loop's lag")
     try:
-        yield CacheService(store, upstream, settings.cache_hosts, settings.resilience, metrics), upstream_map
+        yield service, upstream_map
     finally:
+        watching.cancel()
         stop_filling.set()
         await asyncio.wait([filling])  # it stops at its next body; the store must not close under it
         await upstream.close()

@@ -13,6 +13,7 @@ ends); without one `miss_timeout` seconds (then 504).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -22,7 +23,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from . import policy, sparse_index
+from . import loop_lag, policy, sparse_index
 from .errors import BodyGone, DiskFull, IntegrityError, StoreError, UpstreamError
 from .freshness import freshness_lifetime, is_fresh, not_modified, parse_cache_control
 from .inflight import Inflight
@@ -121,6 +122,7 @@ class CacheService:
         # Reads from disk in progress, by (key, max_body): see _read.
         self._reads: dict[tuple[str, int], asyncio.Future[tuple[Entry | None, bytes | None]]] = {}
         self.slow_hosts = SlowHosts(_answered, resilience.stale_after, time.monotonic)
+        self.loop_lag = loop_lag.LoopLag()  # fed by `serve` (LoopLag.watch); never late without it
         self.rust = RustDist(self, clock)
         self._registry_written_at = -math.inf  # time.monotonic() of the last publish/yank seen
 
@@ -204,12 +206,15 @@ class CacheService:
         if joined:
             self.metrics.coalesced_request(decision.kind.value)
         if have_copy:
-            try:
-                return await asyncio.wait_for(asyncio.shield(task), self.stale_deadline(request))
-            except TimeoutError:
-                self.metrics.background_refresh(decision.kind.value)
-                self.slow_hosts.watch(request.host, task, began)
-                return None
+            deadline = self.stale_deadline(request)
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(task), deadline)
+            if (grace := loop_lag.grace(self.loop_lag.recent(), deadline)) > 0:  # the proxy ran late: once more
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(task), grace)
+            self.metrics.background_refresh(decision.kind.value)
+            self.slow_hosts.watch(request.host, task, began)
+            return None
         waiter = asyncio.ensure_future(answered.wait())
         try:
             done, _ = await asyncio.wait(
