@@ -35,13 +35,13 @@ Re-check when mitmproxy is upgraded, with mitm_tuning's patches.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import h2.events
 from mitmproxy import http
 from mitmproxy.proxy import events, layer
 from mitmproxy.proxy.layers.http import HTTPMode, _http2, validate_request
+from mitmproxy.proxy.layers.http._http_h2 import BufferedH2Connection
 
 Answerer = Callable[[http.Request], http.Response | None]
 
@@ -97,7 +97,7 @@ def answered(server: _http2.Http2Server, event: h2.events.RequestReceived, answe
     return True
 
 
-def complete_get(headers: Any, validate_inbound_headers: bool) -> http.Request | None:
+def complete_get(headers: Sequence[tuple[bytes, bytes]], validate_inbound_headers: bool) -> http.Request | None:
     """The request mitmproxy would make of these HTTP/2 headers, if it is a GET with an authority that passes
     mitmproxy's checks; None for anything else."""
     try:
@@ -125,7 +125,7 @@ def complete_get(headers: Any, validate_inbound_headers: bool) -> http.Request |
     return request
 
 
-def send_response(conn: Any, stream_id: int, response: http.Response) -> None:
+def send_response(conn: BufferedH2Connection, stream_id: int, response: http.Response) -> None:
     """Send `response` on a stream as mitmproxy's HttpStream and Http2Server would: headers normalised as for
     a response not from HTTP/2, the stream ended with the headers when there is no body."""
     headers = _http2.normalize_h1_headers([(b":status", b"%d" % response.status_code), *response.headers.fields], False)
