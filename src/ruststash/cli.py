@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import shlex
 import sys
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Literal, TypeVar
 import click
 import platformdirs
 
-from . import __version__, ca
+from . import __version__, ca, log_setup
 from .errors import ConfigError, RuststashError
 from .settings import (
     DEFAULT_ADMIN_LISTEN,
@@ -249,7 +248,7 @@ def serve(
     """Run the caching proxy."""
     from .proxy import serve as run_proxy  # mitmproxy's import cost is paid only by `serve`
 
-    _setup_logging(log_level)
+    log_setup.setup(log_level)
     with _clear_errors():
         cached = build_cache_hosts(cache_hosts)
         settings = Settings(
@@ -381,16 +380,6 @@ class _clear_errors:
         if isinstance(exc, KeyboardInterrupt):
             sys.exit(130)
         return False
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("mitmproxy", "aiohttp.access", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 # The operator tools (warm, export, import, stats, ls, purge) register themselves on `main`.
