@@ -88,6 +88,10 @@ class Connected:
         return stream_id
 
 
+def empty_data_frames(received: list[h2.events.Event], stream_id: int) -> int:
+    return sum(isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id and not e.data for e in received)
+
+
 @pytest.fixture
 def answer() -> Iterator[Answerer]:
     mitm_tuning.install()  # as `serve` runs mitmproxy
@@ -137,6 +141,7 @@ def test_a_hit_is_answered_in_place_as_mitmproxy_would_send_it(answer: Answerer)
     # names lowercased and the connection-specific header dropped, as mitmproxy normalises a response
     assert headers == [(b":status", b"200"), (b"content-type", b"application/json"), (b"x-cache", b"HIT")]
     assert got == body and ended
+    assert empty_data_frames(received, stream_id) == 0  # the body's frame ends the stream
 
 
 def test_a_body_beyond_the_clients_window_waits_for_its_window_updates(answer: Answerer) -> None:
@@ -148,9 +153,9 @@ def test_a_body_beyond_the_clients_window_waits_for_its_window_updates(answer: A
     _, received = conn.send()
     headers, got, ended = reply_of(received, stream_id)
     assert headers[0] == (b":status", b"200") and len(got) == 65535 and not ended
-    waiting = conn.server.h2_conn.stream_buffers[stream_id]  # views of the body, not copies (mitm_tuning)
-    pieces = [piece.data for piece in waiting if piece.data]  # (and the empty one that ends the stream)
-    assert pieces and all(isinstance(piece, memoryview) and piece.obj is body for piece in pieces)
+    waiting = conn.server.h2_conn.stream_buffers[stream_id]  # views of the body, not copies
+    assert waiting and all(isinstance(piece.data, memoryview) and piece.data.obj is body for piece in waiting)
+    assert [piece.end_stream for piece in waiting][-2:] == [False, True]  # the last piece ends the stream
 
     for _ in range(10):  # the client reads and opens its window; the server sends on
         for event in received:
@@ -159,6 +164,7 @@ def test_a_body_beyond_the_clients_window_waits_for_its_window_updates(answer: A
         _, received = conn.send()
         _, more, ended = reply_of(received, stream_id)
         got += more
+        assert empty_data_frames(received, stream_id) == 0
         if ended:
             break
     assert got == body and ended

@@ -132,5 +132,10 @@ def send_response(conn: BufferedH2Connection, stream_id: int, response: http.Res
     body = response.raw_content or b""
     conn.send_headers(stream_id, headers, end_stream=not body)
     if body:
-        conn.send_data(stream_id, body)
-        conn.end_stream(stream_id)
+        # The last frame's worth ends the stream: no empty DATA frame after it, as mitmproxy would send.
+        # (BufferedH2Connection keeps the end of the stream only on a piece no larger than a frame.)
+        view = memoryview(body)
+        last = len(body) - 1 - (len(body) - 1) % conn.max_outbound_frame_size
+        if last:
+            conn.send_data(stream_id, view[:last])  # type: ignore[arg-type]  # h2 takes bytes | memoryview
+        conn.send_data(stream_id, view[last:], end_stream=True)  # type: ignore[arg-type]
