@@ -61,6 +61,29 @@ def test_a_start_up_fill_goes_behind_what_clients_used_and_never_drops_anything(
     assert hot.get("old") is None and hot.get("asked") is not None and hot.get("new") is not None
 
 
+def test_a_fill_read_oldest_first_is_ranked_newest_first_behind_what_clients_used_since() -> None:
+    hot = HotBodies(budget=300, max_body=200)
+    for key in ("oldest", "middle", "newest"):  # as a fill reads them: each goes in least recently used
+        assert hot.put_if_room(entry(key, key.encode()[:1] * 100), key.encode()[:1] * 100)
+    assert hot.get("oldest") is not None  # a client used it during the fill: it ranks above the fill
+    hot.rank_filled(["newest", "middle", "oldest"])
+    hot.put(entry("x", b"x" * 100), b"x" * 100)
+    hot.put(entry("y", b"y" * 100), b"y" * 100)  # two drops: the fill's oldest unused ones first
+    assert hot.peek("middle") is None and hot.peek("newest") is None
+    assert hot.peek("oldest") is not None and hot.peek("x") is not None
+
+
+def test_ranking_a_fill_skips_what_was_replaced_dropped_or_never_filled() -> None:
+    hot = HotBodies(budget=300, max_body=200)
+    assert hot.put_if_room(entry("a", b"a" * 100), b"a" * 100)
+    assert hot.put_if_room(entry("b", b"b" * 100), b"b" * 100)
+    hot.put(entry("b", b"B" * 100), b"B" * 100)  # replaced by a client's fetch: most recently used
+    hot.discard("a")
+    hot.rank_filled(["a", "b", "never"])
+    hot.put(entry("c", b"c" * 150), b"c" * 150)
+    assert hot.peek("b") == (entry("b", b"B" * 100), b"B" * 100)
+
+
 def test_the_fill_takes_the_most_recently_used_small_entries_while_they_fit() -> None:
     candidates = [  # (key, size, last used), in the store's key order
         ("older", 100, 10.0),

@@ -163,6 +163,31 @@ def test_a_new_process_reads_the_most_recently_used_small_bodies_into_memory(tmp
     assert store.lookup_hot("crate:used") is None and store.lookup_hot("crate:large") is None
 
 
+def test_the_fill_reads_bodies_in_the_order_they_were_last_used(tmp_path: Path) -> None:
+    now = [1000.0]
+    earlier = Store(tmp_path / "c", clock=lambda: now[0])
+    used = ["index:se/rd/serde", "index:3/l/log", "crate:serde", "crate:log"]  # a cargo run's order
+    for key in sorted(used):
+        earlier.put(key, key.encode(), **META)
+    for key in used:
+        now[0] += ACCESS_GRANULARITY + 1
+        assert earlier.lookup(key) is not None
+    earlier.flush_access_times()
+    earlier.close()
+
+    store = Store(tmp_path / "c", hot_bytes=MIB)
+    read: list[str] = []
+    peek = store.peek
+
+    def noting(key: str) -> Entry | None:
+        read.append(key)
+        return peek(key)
+
+    store.peek = noting  # type: ignore[method-assign]
+    assert store.fill_memory(threading.Event())[0] == 4
+    assert read == used
+
+
 def test_the_fill_skips_what_changed_and_stops_when_told(tmp_path: Path) -> None:
     Store(tmp_path / "c").put("index:k", b"stored", **META)
     store = Store(tmp_path / "c", hot_bytes=MIB)

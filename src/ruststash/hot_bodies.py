@@ -27,6 +27,7 @@ class HotBodies:
         self.max_body = min(max_body, budget)
         self._items: OrderedDict[str, tuple[Entry, bytes]] = OrderedDict()
         self._bytes = 0
+        self._filled: set[str] = set()  # put by a start-up fill, not used or replaced since (`rank_filled`)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -44,6 +45,7 @@ class HotBodies:
         item = self._items.get(key)
         if item is not None:
             self._items.move_to_end(key)
+            self._filled.discard(key)
         return item
 
     def put(self, entry: Entry, body: bytes) -> None:
@@ -54,8 +56,9 @@ class HotBodies:
         self._items[entry.key] = (entry, body)
         self._bytes += len(body)
         while self._bytes > self.budget:
-            _, (_, dropped) = self._items.popitem(last=False)
+            dropped_key, (_, dropped) = self._items.popitem(last=False)
             self._bytes -= len(dropped)
+            self._filled.discard(dropped_key)
 
     def put_if_room(self, entry: Entry, body: bytes) -> bool:
         """Keep `body` as the least recently used item if it fits without dropping anything and `entry.key`
@@ -66,7 +69,16 @@ class HotBodies:
         self._items[entry.key] = (entry, body)
         self._items.move_to_end(entry.key, last=False)
         self._bytes += size
+        self._filled.add(entry.key)
         return True
+
+    def rank_filled(self, newest_first: Iterable[str]) -> None:
+        """After a fill that read its bodies oldest first (each went in as the least recently used): rank
+        those not used since among themselves by `newest_first`, the last of them least recently used."""
+        for key in newest_first:
+            if key in self._filled:
+                self._items.move_to_end(key, last=False)
+        self._filled.clear()
 
     def discard(self, key: str, digest: str | None = None) -> None:
         """Drop `key` (only if it holds the body `digest`, when given)."""
@@ -75,6 +87,7 @@ class HotBodies:
             return
         del self._items[key]
         self._bytes -= len(item[1])
+        self._filled.discard(key)
 
 
 def choose_for_memory(candidates: Iterable[tuple[str, int, float]], budget: int, max_body: int) -> list[str]:

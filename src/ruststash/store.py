@@ -423,16 +423,20 @@ class Store:
     def fill_memory(self, stop: threading.Event, max_seconds: float = FILL_SECONDS) -> tuple[int, int]:
         """Read into memory the small bodies used most recently (as `hot_bodies.choose_for_memory` picks
         them), behind whatever clients were answered from memory since the start: a proxy restarted on a
-        filled cache then answers them as one that kept running would. For a worker thread, beside the
-        serving; stops at `stop` or after `max_seconds`. Returns (bodies, bytes) read."""
+        filled cache then answers them as one that kept running would. They are read in the order they were
+        last used: a build run again asks for them in much that order (cargo: index files, then crates), and
+        finds each read before it asks, where newest first it would ask for index files while the fill read
+        crates. For a worker thread, beside the serving; stops at `stop` or after `max_seconds`. Returns
+        (bodies, bytes) read."""
         hot = self._hot
         if hot is None:
             return 0, 0
         ends = time.monotonic() + max_seconds
         count = size = 0
+        chosen: list[str] = []
         try:
             chosen = choose_for_memory(self._small_entries(stop, ends, hot.max_body), hot.budget, hot.max_body)
-            for key in chosen:
+            for key in reversed(chosen):  # in the order the last run used them: a replay finds them read
                 if stop.is_set() or time.monotonic() > ends:
                     break
                 mark = self._changes  # as in `lookup_with_body`: read before the entry
@@ -449,6 +453,9 @@ class Store:
                         count, size = count + 1, size + len(body)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             logger.warning("stopped reading stored bodies into memory: %s", exc)
+        finally:
+            with self._memo_lock:
+                hot.rank_filled(chosen)
         return count, size
 
     def _small_entries(self, stop: threading.Event, ends: float, max_body: int) -> Iterator[tuple[str, int, float]]:
