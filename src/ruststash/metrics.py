@@ -82,24 +82,26 @@ class Metrics:
             "ruststash_background_refreshes", "Fetches left to finish in the background after a stale answer",
             ("kind",), registry=registry,
         )  # fmt: skip
+        # Each request counts on two of these: looked up once here, not through `labels` per request.
+        self._requests_by: dict[tuple[str, str], Counter] = {}
         for kind in KINDS:
             for outcome in OUTCOMES:
-                self.requests.labels(kind, outcome)
+                self._requests_by[kind, outcome.upper()] = self.requests.labels(kind, outcome)
             for counter in (self.integrity_failures, self.coalesced, self.background_refreshes):
                 counter.labels(kind)
-        for source in SOURCES:
-            self.served_bytes.labels(source)
+        self._served_from = {source: self.served_bytes.labels(source) for source in SOURCES}
         for cause in UPSTREAM_CAUSES:
             self.upstream_errors.labels(cause)
         for upstream in upstreams:
             self.upstream_latency.labels(upstream)
 
     def request(self, kind: str, outcome: str, size: int) -> None:
-        self.requests.labels(kind, outcome.lower()).inc()
+        counter = self._requests_by.get((kind, outcome))
+        (counter if counter is not None else self.requests.labels(kind, outcome.lower())).inc()
         if outcome in FROM_CACHE:
-            self.served_bytes.labels("cache").inc(size)
+            self._served_from["cache"].inc(size)
         elif outcome in ("MISS", "PASS"):
-            self.served_bytes.labels("upstream").inc(size)
+            self._served_from["upstream"].inc(size)
 
     def upstream_error(self, cause: str) -> None:
         self.upstream_errors.labels(cause if cause in UPSTREAM_CAUSES else "other").inc()
