@@ -53,6 +53,18 @@ def test_long_values_and_names_use_multi_byte_lengths() -> None:
     assert decoded(PlainEncoder().encode(fields)) == fields
 
 
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 128, 129, 255, 256])
+def test_lengths_at_the_edge_of_the_one_byte_prefix_read_back(length: int) -> None:
+    fields = [(b"x" * max(length, 1), b"v" * length), (b"etag", b"e" * length)]
+    assert decoded(PlainEncoder().encode(fields)) == fields
+
+
+def test_static_names_at_the_edge_of_the_four_bit_prefix_read_back() -> None:
+    # static indexes 14 (:status 500), 15 (accept-charset), 16 (accept-encoding): 15 no longer fits 4 bits
+    fields = [(b"accept-charset", b"utf-8"), (b"accept-encoding", b"br"), (b":status", b"418")]
+    assert decoded(PlainEncoder().encode(fields)) == fields
+
+
 def test_sensitive_fields_are_sent_never_indexed() -> None:
     block = PlainEncoder().encode([hpack.NeverIndexedHeaderTuple(b"cookie", b"session=1"), (b"a", b"b", True)])
     fields = hpack.Decoder().decode(block, raw=True)
