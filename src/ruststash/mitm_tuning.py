@@ -58,7 +58,7 @@
 - mitmproxy's HTTP/2 connection cuts a body into frame-sized pieces by slicing it: a copy of the whole body,
   held piece by piece while the client's flow-control window keeps it waiting. Eight warm cargo clients keep
   tens of MiB of crates waiting so, copies of bodies that memory or a flow already holds. A body is now cut
-  into views of itself (`memoryview`, which h2 accepts and hyperframe copies out frame by frame as it writes).
+  into views of itself (`memoryview`, which h2 accepts; h2_frames appends each to the connection's buffer).
 - mitmproxy parses each request's authority (`host:port`) afresh, and its check of the host name runs it
   through the IDNA codec: about 6 us a request, for the same few host names. The results are kept for the
   last AUTHORITY_MEMO authorities seen (a malformed one raises each time, as before).
@@ -91,6 +91,7 @@ from mitmproxy.proxy.layers.http import _http_h2
 from mitmproxy.utils import asyncio_utils
 from OpenSSL import SSL
 
+from ruststash import h2_frames
 from ruststash.hpack_plain import PlainEncoder
 
 READ_SIZE = 1 << 20
@@ -121,6 +122,7 @@ def install() -> None:
     _install_inline_hook_completion()
     _install_answered_hook_skipping()
     _install_plain_hpack()
+    h2_frames.install()
     _install_authority_memo()
     tls.TLSLayer.tls_interact = _tls_interact  # type: ignore[method-assign]
     tls.TLSLayer.event_to_child = _coalescing_sends  # type: ignore[method-assign,assignment]
