@@ -182,3 +182,42 @@ async def test_a_fetch_in_progress_is_joined_not_answered_at_once(service: Cache
     assert service.answer_at_once(*request_for(*STALE_INDEX)) is None  # `handle` joins that fetch
     release.set()
     await task
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "cached"),
+    [
+        ("index.crates.io", 443, True),
+        ("INDEX.Crates.IO", 8443, True),  # any case; a host named without a port: any port
+        ("mirror.example", 8443, True),
+        ("mirror.example", 9443, True),  # named twice, once per port
+        ("mirror.example", 443, False),
+        ("crates.io", 443, False),
+        ("index.crates.io.evil", 443, False),
+    ],
+)
+async def test_a_cached_host_is_its_name_in_any_case_on_its_port_or_any_port(
+    tmp_path: Path, host: str, port: int, cached: bool
+) -> None:
+    store = Store(tmp_path / "cache")
+    metrics = Metrics(CollectorRegistry())
+    upstream = Upstream(UpstreamMap({}), ssl.create_default_context(), "ruststash-test", Resilience(), metrics)
+    hosts = (CacheHost("index.crates.io"), CacheHost("mirror.example", 8443), CacheHost("mirror.example", 9443))
+    service = CacheService(store, upstream, hosts, Resilience(), metrics)
+    assert service.is_cached_host(host, port) is cached
+    store.close()
+
+
+async def test_if_modified_since_is_weighed_at_once_too(service: CacheService) -> None:
+    path = "/crates/dated/dated-1.0.0.crate"
+    decision, _ = request_for("static.crates.io", path)
+    assert decision.key
+    modified = "Mon, 07 Dec 2026 10:00:00 GMT"
+    service.store.put(
+        decision.key, b"dated", status=200, headers=(("last-modified", modified),), stored_at=time.time(), lifetime=1e9
+    )
+    for since, status in (("Mon, 07 Dec 2026 11:00:00 GMT", 304), ("Sun, 06 Dec 2026 10:00:00 GMT", 200)):
+        decision, request = request_for("static.crates.io", path, {"if-modified-since": since})
+        at_once = service.answer_at_once(decision, request)
+        assert at_once is not None and at_once.status == status
+        assert_same(at_once, await service.handle(decision, request))

@@ -113,6 +113,10 @@ class CacheService:
         self.store = store
         self.upstream = upstream
         self.cache_hosts = cache_hosts
+        # host -> the ports it is cached on (None: any), for `is_cached_host`, asked on every request
+        self._cached_ports: dict[str, set[int | None]] = {}
+        for cached in cache_hosts:
+            self._cached_ports.setdefault(cached.host, set()).add(cached.port)
         self.resilience = resilience
         self.metrics = metrics
         self._clock = clock
@@ -139,7 +143,9 @@ class CacheService:
         return tuple(self._registries.values())
 
     def is_cached_host(self, host: str, port: int) -> bool:
-        return any(h.matches(host, port) for h in self.cache_hosts)
+        """Whether `host` (any case) is one of `cache_hosts` on `port` (a CacheHost without a port: any)."""
+        ports = self._cached_ports.get(host.lower())
+        return ports is not None and (None in ports or port in ports)
 
     def decide(self, request: ClientRequest) -> Decision:
         if not self.is_cached_host(request.host, request.port) or policy.carries_body(request.headers):
@@ -532,6 +538,8 @@ class CacheService:
 
 def _not_modified_reply(entry: Entry, request: ClientRequest, outcome: Outcome, note: str = "") -> Reply | None:
     """A 304 if the request's validators match the stored entry, else None."""
+    if "if-none-match" not in request.headers and "if-modified-since" not in request.headers:
+        return None  # (most requests: the entry's validators are not looked up)
     if entry.status == 200 and not_modified(request.headers, entry.etag, entry.last_modified):
         return Reply(304, selected(entry.headers, VALIDATOR_HEADERS), b"", outcome, note)
     return None

@@ -55,9 +55,6 @@ class CacheHost:
         port = r"\d+" if self.port is None else str(self.port)
         return f"^{re.escape(self.host)}:{port}$"
 
-    def matches(self, host: str, port: int) -> bool:
-        return host.lower() == self.host and (self.port is None or self.port == port)
-
 
 @dataclass(frozen=True)
 class Origin:
