@@ -53,6 +53,17 @@ def crate_downloads(origin: FakeCratesIo) -> list[str]:
     return [r.path for r in origin.records("static") if r.status == 200]
 
 
+def fetched_cold(tmp_path: Path, proxy: ProxyProcess, origin: FakeCratesIo) -> tuple[Path, list[str]]:
+    """A consumer project fetched once through `proxy` with a cold cache: (the project, the crates downloaded
+    from `origin`, none missing); the origin's counts are reset after."""
+    project = consumer(tmp_path, origin.registry)
+    sandbox(tmp_path / "cold", proxy).run(["fetch"], project)
+    fetched = crate_downloads(origin)
+    assert fetched
+    origin.reset_counts()
+    return project, fetched
+
+
 def index_bodies_sent(origin: FakeCratesIo) -> list[str]:
     return [r.path for r in origin.records("index") if r.status == 200]
 
@@ -223,12 +234,7 @@ def test_crates_answered_from_memory_are_refetched_once_purged(
     """Hits on small bodies come from memory; `ruststash purge` in another process still takes effect
     at once: the next cargo downloads every purged crate again instead of getting the copy held in memory."""
     proxy = start_proxy(upstream_args(crates_origin, origin_tls))
-    project = consumer(tmp_path, crates_origin.registry)
-    sandbox(tmp_path / "cold", proxy).run(["fetch"], project)
-    fetched = crate_downloads(crates_origin)
-    assert fetched
-
-    crates_origin.reset_counts()
+    project, fetched = fetched_cold(tmp_path, proxy, crates_origin)
     seen = len(proxy.access())
     sandbox(tmp_path / "warm", proxy).run(["fetch"], project)
     assert crate_downloads(crates_origin) == []
@@ -284,12 +290,7 @@ def test_warm_hits_are_answered_on_cargos_http2_connection_and_counted_once(
     (probe / "sitecustomize.py").write_text(IN_PLACE_PROBE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(probe), os.environ.get("PYTHONPATH")])))
     proxy = start_proxy(upstream_args(crates_origin, origin_tls))
-    project = consumer(tmp_path, crates_origin.registry)
-    sandbox(tmp_path / "cold", proxy).run(["fetch"], project)
-    fetched = crate_downloads(crates_origin)
-    assert fetched
-
-    crates_origin.reset_counts()
+    project, fetched = fetched_cold(tmp_path, proxy, crates_origin)
     seen, counted = len(proxy.access()), requests_counted(proxy)
     in_place = proxy.log().count("probe: answered in place")
     generate_fetch_build(sandbox(tmp_path / "warm", proxy), project)

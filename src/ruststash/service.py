@@ -112,7 +112,6 @@ class CacheService:
 
         self.store = store
         self.upstream = upstream
-        self.cache_hosts = cache_hosts
         # host -> the ports it is cached on (None: any), for `is_cached_host`, asked on every request
         self._cached_ports: dict[str, set[int | None]] = {}
         for cached in cache_hosts:
