@@ -5,6 +5,7 @@ is never started, so a request that needs upstream cannot be answered by either 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from ruststash.metrics import Metrics
 from ruststash.policy import CRATES_IO, Decision, classify
 from ruststash.replies import ClientRequest, Outcome, Reply
 from ruststash.service import CacheService, Fetched
-from ruststash.settings import CacheHost, Resilience
+from ruststash.settings import CacheHost, Origin, Resilience
 from ruststash.store import Store
 from ruststash.upstream import Upstream, UpstreamMap, origin_of
 
@@ -47,11 +48,12 @@ def stored(store: Store, host: str, path: str, body: bytes, lifetime: float) -> 
     )
 
 
-async def service_on(tmp_path: Path, hot_bytes: int) -> tuple[CacheService, Store]:
+async def service_on(tmp_path: Path, hot_bytes: int, mapping: UpstreamMap | None = None) -> tuple[CacheService, Store]:
     store = Store(tmp_path / "cache", hot_bytes=hot_bytes)
     metrics = Metrics(CollectorRegistry())
     resilience = Resilience()
-    upstream = Upstream(UpstreamMap({}), ssl.create_default_context(), "ruststash-test", resilience, metrics)
+    tls = ssl.create_default_context()
+    upstream = Upstream(mapping or UpstreamMap({}), tls, "ruststash-test", resilience, metrics)
     hosts = (CacheHost("index.crates.io"), CacheHost("static.crates.io"))
     return CacheService(store, upstream, hosts, resilience, metrics), store
 
@@ -167,6 +169,38 @@ async def test_a_stale_copy_of_a_slow_host_is_answered_at_once_and_refreshed_beh
     finally:
         hung.cancel()
         await service.upstream.close()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed): connecting is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_after_a_refused_connection_stale_copies_are_answered_at_once(tmp_path: Path) -> None:
+    """A revalidation that got no answer at all (here: nothing listens) marks its host as not answering: the
+    next request holding a stale copy is answered at once, its refresh started behind it, as for a slow host.
+    (A breaker that would open after one failure is not what does it: its threshold is the default 3.)"""
+    refused = (Origin("https", "127.0.0.1", closed_port(), ""),)
+    service, store = await service_on(tmp_path, 32 * 1024 * 1024, UpstreamMap({"index.crates.io": refused}))
+    stored(store, "index.crates.io", "/3/f/foo", b"stale\n", lifetime=0)
+    stored(store, "index.crates.io", "/3/b/bar", b"stale too\n", lifetime=0)
+    await service.upstream.start()
+    try:
+        assert service.answer_at_once(*request_for("index.crates.io", "/3/b/bar")) is None  # not known: asked
+        first = await service.handle(*request_for(*STALE_INDEX))
+        assert first.outcome is Outcome.STALE and "cannot connect" in first.note, first.note
+        assert service.slow_hosts.is_slow("index.crates.io")
+        decision, request = request_for("index.crates.io", "/3/b/bar")
+        at_once = service.answer_at_once(decision, request)
+        assert at_once is not None and (at_once.outcome, at_once.body) == (Outcome.STALE, b"stale too\n")
+        assert "index.crates.io: upstream is not answering (" in at_once.note, at_once.note
+        assert "cannot connect" in at_once.note
+        assert service._inflight.running(decision.key)  # its refresh, started behind the answer
+    finally:
+        await service.upstream.close()
+        store.close()
 
 
 async def test_a_fetch_in_progress_is_joined_not_answered_at_once(service: CacheService) -> None:

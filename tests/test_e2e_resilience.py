@@ -173,6 +173,40 @@ def test_a_hung_upstream_is_waited_for_once_then_the_cache_answers_at_once(
     assert "STALE" not in outcomes and "MISS" in outcomes, outcomes
 
 
+def test_after_a_refused_connection_the_cache_answers_at_once_until_upstream_is_back(
+    tmp_path: Path,
+    start_proxy: ProxyFactory,
+    faulty_crates: FakeCratesIo,
+    warm_crates_cache: Path,
+    origin_tls: OriginTLS,
+) -> None:
+    """A revalidation that gets no answer at all (the origin is stopped: connections are refused) marks its
+    host as not answering, as a hung one is marked slow: the rest of cargo's index walk is served from the
+    cache at once, each request not trying a connection of its own (the breaker, which would do that after
+    repeated failures, is kept closed here). Once the origin answers again, revalidation resumes."""
+    args = [*upstream_args(faulty_crates, origin_tls), "--stale-after", "1", "--breaker-threshold", "1000"]
+    proxy, box, project = warm_cargo_user(tmp_path, start_proxy, faulty_crates, warm_crates_cache, args)
+    faulty_crates.stop()
+    box.run(["generate-lockfile"], project)
+    revalidated = [r for r in proxy.access() if not r["path"].startswith("/crates/")]
+    assert revalidated and {r["outcome"] for r in revalidated} == {"STALE"}, revalidated
+    tried = [r for r in revalidated if "cannot connect" in r["note"] and "not answering" not in r["note"]]
+    at_once = [r for r in revalidated if "upstream is not answering (" in r["note"]]
+    assert tried and at_once and len(tried) + len(at_once) == len(revalidated), revalidated
+    assert len(tried) < len(revalidated) / 2, f"most requests tried a connection of their own: {revalidated}"
+    assert stats(proxy)["slow_hosts"] == ["index.crates.io"]
+
+    lift_fault(faulty_crates)
+    (project / "Cargo.lock").unlink()
+    box.run(["generate-lockfile"], project)  # served at once again; its first requests probe the host
+    wait_until_not_slow(proxy)
+    seen = len(proxy.access())
+    (project / "Cargo.lock").unlink()
+    box.run(["generate-lockfile"], project)
+    outcomes = {r["outcome"] for r in proxy.access()[seen:]}
+    assert "STALE" not in outcomes and "MISS" in outcomes, outcomes
+
+
 def test_the_wait_for_a_hung_upstream_is_learned_and_kept_across_a_restart(
     tmp_path: Path, start_proxy: ProxyFactory, faulty_crates: FakeCratesIo, origin_tls: OriginTLS
 ) -> None:

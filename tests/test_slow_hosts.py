@@ -57,3 +57,20 @@ async def test_refreshes_of_a_slow_host_are_bounded_and_failures_free_their_slot
     assert not hosts.is_slow("a") and not hosts.needs_probe("a")
     await settle(fetches[3], "failure")  # a late failure does not mark it slow again
     assert not hosts.is_slow("a")
+
+
+async def test_what_marked_a_host_is_kept_until_it_is_back() -> None:
+    loop, clock = asyncio.get_running_loop(), Clock()
+    hosts = SlowHosts(answered, DEADLINE, clock)
+    refused, probe = loop.create_future(), loop.create_future()
+    await settle(refused, "failure")
+    hosts.watch("a", refused, started=clock.now, why="is not answering (a: cannot connect)")
+    await asyncio.sleep(0)
+    assert hosts.is_slow("a") and hosts.why("a") == "is not answering (a: cannot connect)"
+    hosts.watch("a", probe, started=clock.now)  # a refresh of the marked host: the reason stays the first one
+    assert hosts.why("a") == "is not answering (a: cannot connect)" and hosts.why("b") == ""
+    await settle(probe, "answer")
+    assert not hosts.is_slow("a") and hosts.why("a") == ""
+    late = loop.create_future()
+    hosts.watch("a", late, started=clock.now - DEADLINE - 1)
+    assert hosts.why("a") == "is slow"

@@ -53,6 +53,10 @@ logger = logging.getLogger(__name__)
 # DIST_FILE (rustup-init, about 20 MB) is sent from its file by the blob server, never held in memory; index
 # files and manifests stay whole, as the proxy reads them itself too (a crate's cksum, `ruststash warm`).
 INLINE_BODY = 1024 * 1024
+# Upstream failures in which no answer came at all: a revalidation that meets one marks its host slow (see
+# slow_hosts). Not a 5xx or a bad body (upstream answered; the breaker counts those), not `circuit_open`
+# (`Upstream.marked_down` answers for that).
+NO_ANSWER_CAUSES = frozenset({"connect", "dns", "tls", "timeout", "reset", "truncated"})
 # Index files that upstream says do not exist are remembered briefly (a missing crate on a slow link).
 NEGATIVE_STATUSES = (404, 410, 451)
 # After a publish, yank or unyank through the proxy, index files are revalidated however fresh they are,
@@ -213,12 +217,12 @@ class CacheService:
         if have_copy:
             deadline = self.stale_deadline(request)
             with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(asyncio.shield(task), deadline)
+                return self._heard(request, task, began, await asyncio.wait_for(asyncio.shield(task), deadline))
             if (grace := loop_lag.grace(self.loop_lag.recent(), deadline)) > 0:  # the proxy ran late: once more
                 with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(task), grace)
+                    return self._heard(request, task, began, await asyncio.wait_for(asyncio.shield(task), grace))
             self.metrics.background_refresh(decision.kind.value)
-            self.slow_hosts.watch(request.host, task, began)
+            self.slow_hosts.watch(request.host, task, began, f"is slow (a request ran past {deadline:g}s)")
             return None
         waiter = asyncio.ensure_future(answered.wait())
         try:
@@ -231,6 +235,13 @@ class CacheService:
             return None
         return await asyncio.shield(task)
 
+    def _heard(self, request: ClientRequest, task: asyncio.Future[Any], began: float, fetched: Fetched) -> Fetched:
+        """`fetched`, the result of `task` for a request holding a copy; when upstream did not answer at all,
+        the host is marked slow (see slow_hosts): the next requests holding copies are answered at once."""
+        if fetched.error is not None and fetched.error.cause in NO_ANSWER_CAUSES:
+            self.slow_hosts.watch(request.host, task, began, f"is not answering ({fetched.error.reason})")
+        return fetched
+
     def _slow_host(
         self, decision: Decision, request: ClientRequest, start: Callable[[], Coroutine[Any, Any, Fetched]]
     ) -> UpstreamError | None:
@@ -242,8 +253,7 @@ class CacheService:
             task, _, _ = self._inflight.join_or_start(decision.key, start)
             self.slow_hosts.watch(request.host, task, time.monotonic())
             self.metrics.background_refresh(decision.kind.value)
-        waited = self.stale_deadline(request)
-        reason = f"{request.host}: upstream is slow (a request ran past {waited:g}s); not waiting for it"
+        reason = f"{request.host}: upstream {self.slow_hosts.why(request.host)}; not waiting for it"
         return UpstreamError(reason, 504, "slow")
 
     async def _stored(
