@@ -177,13 +177,15 @@ def test_the_fill_reads_bodies_in_the_order_they_were_last_used(tmp_path: Path) 
 
     store = Store(tmp_path / "c", hot_bytes=MIB)
     read: list[str] = []
-    peek = store.peek
+    hot = store._hot
+    assert hot is not None
+    put_if_room = hot.put_if_room
 
-    def noting(key: str) -> Entry | None:
-        read.append(key)
-        return peek(key)
+    def noting(entry: Entry, body: bytes) -> bool:
+        read.append(entry.key)
+        return put_if_room(entry, body)
 
-    store.peek = noting  # type: ignore[method-assign]
+    hot.put_if_room = noting  # type: ignore[method-assign]
     assert store.fill_memory(threading.Event())[0] == 4
     assert read == used
 
@@ -195,17 +197,17 @@ def test_the_fill_skips_what_changed_and_stops_when_told(tmp_path: Path) -> None
     stop.set()
     assert store.fill_memory(stop) == (0, 0) and store.memory_bytes() == 0
 
-    peek = store.peek
+    blob_file = store._blob_file
 
-    def revalidated_meanwhile(key: str) -> Entry | None:  # a change lands between the fill's read and its put
-        found = peek(key)
+    def revalidated_meanwhile(digest: str) -> str:  # a change lands between the fill's listing and its put
+        found = store.peek("index:k")
         assert found is not None
         store.refresh(found, 2000.0, (("etag", '"y"'),), math.inf)
-        return found
+        return blob_file(digest)
 
-    store.peek = revalidated_meanwhile  # type: ignore[method-assign]
+    store._blob_file = revalidated_meanwhile  # type: ignore[method-assign]
     assert store.fill_memory(threading.Event()) == (0, 0)  # it would hold the entry as it was before
-    store.peek = peek  # type: ignore[method-assign]
+    store._blob_file = blob_file  # type: ignore[method-assign]
     assert store.lookup_hot("index:k") is None
     assert store.fill_memory(threading.Event()) == (1, 6)
     held = store.lookup_hot("index:k")

@@ -90,11 +90,12 @@ class HotBodies:
         self._filled.discard(key)
 
 
-def choose_for_memory(candidates: Iterable[tuple[str, int, float]], budget: int, max_body: int) -> list[str]:
-    """Which stored entries a new process reads into memory, from (key, size, last used) of each:
-    the most recently used of those up to `max_body`, newest first, as long as they fit in `budget` together.
-    Streams: holds no more than fit, however many entries the store has."""
-    kept: list[tuple[float, int, str, int]] = []  # a heap, least recently used first
+def choose_for_memory[T](candidates: Iterable[tuple[T, int, float]], budget: int, max_body: int) -> list[T]:
+    """Which stored entries a new process reads into memory, from (entry, size, last used) of each (the
+    entry is anything that names it: a key, the entry itself): the most recently used of those up to
+    `max_body`, newest first, as long as they fit in `budget` together. Streams: holds no more than fit,
+    however many entries the store has."""
+    kept: list[tuple[float, int, T, int]] = []  # a heap, least recently used first (ties: listing order)
     total = 0
     cutoff = -math.inf  # when the most recently used entry left out was used: older ones stay out too
     for order, (key, size, used) in enumerate(candidates):

@@ -211,6 +211,7 @@ class Store:
         self._writes = threading.Lock()
         self._hot = HotBodies(hot_bytes) if hot_bytes > 0 else None
         self._changes = 0  # bumped after every index change this process makes: see `_offer_hot`
+        self._changed_keys: set[str] | None = None  # while `fill_memory` runs: the keys changed since it began
         self.memory_hits = 0
         self._pinned: dict[str, float] = {}
         self._accessed: dict[str, tuple[str, float]] = {}  # key -> (digest, time): not yet in the index
@@ -433,47 +434,48 @@ class Store:
         filled cache then answers them as one that kept running would. They are read in the order they were
         last used: a build run again asks for them in much that order (cargo: index files, then crates), and
         finds each read before it asks, where newest first it would ask for index files while the fill read
-        crates. For a worker thread, beside the serving; stops at `stop` or after `max_seconds`. Returns
-        (bodies, bytes) read."""
+        crates. Each body goes in with the entry its listing read (no second read of the index), unless
+        that key's entry was changed by this process since the fill began (`_changed_keys`): a commit
+        racing the fill is never undone by it. For a worker thread, beside the serving; stops at `stop` or
+        after `max_seconds`. Returns (bodies, bytes) read."""
         hot = self._hot
         if hot is None:
             return 0, 0
         ends = time.monotonic() + max_seconds
         count = size = 0
-        chosen: list[str] = []
+        chosen: list[Entry] = []
+        with self._memo_lock:
+            self._changed_keys = set()  # from now on: the listing below may be out of date for these
         try:
             chosen = choose_for_memory(self._small_entries(stop, ends, hot.max_body), hot.budget, hot.max_body)
-            for key in reversed(chosen):  # in the order the last run used them: a replay finds them read
+            for entry in reversed(chosen):  # in the order the last run used them: a replay finds them read
                 if stop.is_set() or time.monotonic() > ends:
                     break
-                mark = self._changes  # as in `lookup_with_body`: read before the entry
-                entry = self.peek(key)
-                if entry is None:
-                    continue
                 try:
                     with open(self._blob_file(entry.digest), "rb") as file:
                         body = file.read()
                 except FileNotFoundError:
                     continue
                 with self._memo_lock:
-                    if self._changes == mark and hot.put_if_room(entry, body):
+                    if entry.key not in self._changed_keys and hot.put_if_room(entry, body):
                         count, size = count + 1, size + len(body)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             logger.warning("stopped reading stored bodies into memory: %s", exc)
         finally:
             with self._memo_lock:
-                hot.rank_filled(chosen)
+                self._changed_keys = None
+                hot.rank_filled(entry.key for entry in chosen)
         return count, size
 
-    def _small_entries(self, stop: threading.Event, ends: float, max_body: int) -> Iterator[tuple[str, int, float]]:
-        """(key, size, last used) of each entry up to `max_body`, read one at a time (a large store
+    def _small_entries(self, stop: threading.Event, ends: float, max_body: int) -> Iterator[tuple[Entry, int, float]]:
+        """(entry, size, last used) of each entry up to `max_body`, read one at a time (a large store
         is never listed whole), until `stop` or the monotonic time `ends`."""
         for key in self._index.iterkeys():
             if stop.is_set() or time.monotonic() > ends:
                 return
             raw: dict[str, Any] | None = self._index.get(key)
             if raw is not None and raw["size"] <= max_body:
-                yield key, raw["size"], float(raw.get("accessed_at", raw["stored_at"]))
+                yield _entry_from_dict(key, raw), raw["size"], float(raw.get("accessed_at", raw["stored_at"]))
 
     def memory_bytes(self) -> int:
         """Bytes of bodies held in memory."""
@@ -495,6 +497,8 @@ class Store:
         memory. Returns the new change mark."""
         with self._memo_lock:
             self._changes += 1
+            if self._changed_keys is not None:
+                self._changed_keys.update(keys)
             if self._hot is not None:
                 for key in keys:
                     self._hot.discard(key)
@@ -713,6 +717,8 @@ class Store:
         request to the disk). A body of another digest is dropped as after any change."""
         with self._memo_lock:
             self._changes += 1
+            if self._changed_keys is not None:
+                self._changed_keys.add(updated.key)
             if self._hot is None:
                 return
             held = self._hot.get(updated.key)
