@@ -4,6 +4,7 @@ hands everything else to the flow path unchanged."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -19,10 +20,12 @@ with warnings.catch_warnings():  # mitmproxy's addons import code that warns of 
     from mitmproxy.addons import proxyserver
     from mitmproxy.proxy import commands, events
     from mitmproxy.proxy.context import Context
-    from mitmproxy.proxy.layers.http import ReceiveHttp, RequestHeaders
+    from mitmproxy.proxy.layers.http import ReceiveHttp, RequestHeaders, _http2
     from mitmproxy.proxy.layers.http._http2 import Http2Server
 
 from ruststash import h2_answers, mitm_tuning
+from ruststash.addon import client_request
+from ruststash.replies import ClientRequest
 
 AUTHORITY = "index.crates.io"
 
@@ -30,17 +33,18 @@ AUTHORITY = "index.crates.io"
 class Answerer:
     """Answers the paths it knows, records every request it is asked."""
 
-    def __init__(self, answers: dict[str, http.Response]) -> None:
+    def __init__(self, answers: dict[str, h2_answers.Answer]) -> None:
         self.answers = answers
-        self.asked: list[http.Request] = []
+        self.asked: list[ClientRequest] = []
 
-    def __call__(self, request: http.Request) -> http.Response | None:
+    def __call__(self, request: ClientRequest, started: float) -> h2_answers.Answer | None:
+        assert abs(started - time.time()) < 60
         self.asked.append(request)
         return self.answers.get(request.path)
 
 
-def response(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> http.Response:
-    return http.Response(b"HTTP/1.1", status, b"", http.Headers(headers), body, None, 0.0, 0.0)
+def response(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> h2_answers.Answer:
+    return status, headers, body
 
 
 def proxy_options() -> options.Options:
@@ -133,8 +137,8 @@ def test_a_hit_is_answered_in_place_as_mitmproxy_would_send_it(answer: Answerer)
     issued, received = conn.send()
 
     assert flow_requests(issued) == []  # no flow
-    assert [(r.method, r.host, r.port, r.path, r.authority) for r in answer.asked] == [
-        ("GET", AUTHORITY, 443, "/se/rd/serde", AUTHORITY)
+    assert [(r.method, r.scheme, r.host, r.port, r.path) for r in answer.asked] == [
+        ("GET", "https", AUTHORITY, 443, "/se/rd/serde")
     ]
     assert answer.asked[0].headers["accept"] == "*/*"
     headers, got, ended = reply_of(received, stream_id)
@@ -250,3 +254,44 @@ def test_one_read_answers_at_most_answers_per_read_the_rest_take_the_flow_path(
     stream = conn.get("/crate/0")  # the next read starts a new allowance
     _, received = conn.send()
     assert reply_of(received, stream)[1:] == (b"body 0", True)
+
+
+REQUEST_HEADS = [
+    [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"index.crates.io"), (b":path", b"/se/rd/serde")],
+    [  # a port, a name in capitals, repeated headers, a query, bytes that are not UTF-8
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", b"Static.Crates.IO:8443"),
+        (b":path", b"/crates/a/1.0.0/download?x=\xff"),
+        (b"accept", b"*/*"),
+        (b"Cookie", b"a=1"),
+        (b"cookie", b"b=2"),
+        (b"user-agent", b"cargo/1.95.0 \xe2\x82"),
+    ],
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"[::1]:8080"), (b":path", b"/x")],
+]
+
+
+@pytest.mark.parametrize("head", REQUEST_HEADS, ids=["plain", "port-case-repeats-bytes", "ipv6"])
+def test_a_request_is_read_as_the_flow_path_reads_mitmproxys(head: list[tuple[bytes, bytes]]) -> None:
+    host, port, method, scheme, authority, path, fields = _http2.parse_h2_request_headers(head)
+    made = http.Request(host, port, method, scheme, authority, path, b"HTTP/2.0", fields, b"", None, 0.0, None)
+    assert h2_answers.complete_get(head, validate_inbound_headers=True) == client_request(made)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [(b"content-length", b"0")],
+        [(b"transfer-encoding", b"chunked")],
+        [(b"bad name", b"x")],  # refused by mitmproxy's header-name check
+    ],
+    ids=["content-length", "transfer-encoding", "bad-header-name"],
+)
+def test_a_request_mitmproxy_would_weigh_or_refuse_is_left_to_the_flow_path(extra: list[tuple[bytes, bytes]]) -> None:
+    head = [*REQUEST_HEADS[0], *extra]
+    assert h2_answers.complete_get(REQUEST_HEADS[0], validate_inbound_headers=True) is not None
+    assert h2_answers.complete_get(head, validate_inbound_headers=True) is None
+    for scheme in (b"ftp", b""):
+        other = [(name, scheme if name == b":scheme" else value) for name, value in REQUEST_HEADS[0]]
+        assert h2_answers.complete_get(other, validate_inbound_headers=True) is None

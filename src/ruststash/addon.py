@@ -13,13 +13,13 @@ from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import server_hooks
 from mitmproxy.tls import TlsData
 
-from . import mitm_tuning
+from . import h2_answers, mitm_tuning
 from .access_log import log_request
 from .blobserver import BlobServer
 from .body_gc import BodyCollector
 from .egress import EgressPolicy, pinned_address, refusal
 from .policy import Decision, Kind, client_protocol, is_registry_write
-from .replies import STALE_WARNING, ClientRequest, Outcome, Reply, error_reply
+from .replies import STALE_WARNING, ClientRequest, Outcome, Reply, error_reply, header_dict
 from .service import CacheService
 from .upstream import UpstreamMap
 
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 _MARK = "ruststash"
 _DECIDED = "ruststash.decided"  # (ClientRequest, Decision) from `requestheaders`, for `request`
+_STALE_WARNING = (STALE_WARNING[0].encode(), STALE_WARNING[1].encode())
 
 
 @dataclass(frozen=True)
@@ -43,33 +44,34 @@ class _Forwarded:
 
 
 def client_request(request: http.Request) -> ClientRequest:
-    headers: dict[str, str] = {}
-    for name, value in request.headers.items(multi=True):
-        name = name.lower()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return ClientRequest(
         method=request.method,
         scheme=request.scheme,
         host=request.pretty_host.lower(),
         port=request.port,
         path=request.path,
-        headers=headers,
+        headers=header_dict(request.headers.fields),
     )
 
 
-def make_response(reply: Reply) -> http.Response:
+def response_fields(reply: Reply) -> list[tuple[bytes, bytes]]:
+    """The header fields of the response `reply` is sent as."""
     fields = [(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in reply.headers]
     if reply.status != 304:
         fields.append((b"content-length", str(len(reply.body)).encode()))
     fields.append((b"x-cache", reply.outcome.value.encode()))
     if reply.outcome is Outcome.STALE:
-        fields.append((STALE_WARNING[0].encode(), STALE_WARNING[1].encode()))
+        fields.append(_STALE_WARNING)
+    return fields
+
+
+def make_response(reply: Reply) -> http.Response:
     now = time.time()
     return http.Response(
         b"HTTP/1.1",
         reply.status,
         status_codes.RESPONSES.get(reply.status, "").encode(),
-        http.Headers(fields),
+        http.Headers(response_fields(reply)),
         reply.body,
         None,
         now,
@@ -145,11 +147,11 @@ class RuststashAddon:
             return
         flow.metadata[_DECIDED] = (request, decision)
 
-    def answer_from_memory(self, head: http.Request) -> http.Response | None:
-        """A complete HTTP/2 GET, offered before mitmproxy makes a flow of it (h2_answers): the response if
-        memory answers it at once, counted and logged as `requestheaders` would count and log it. None: the
-        flow path takes it (and decides again; an internal error is logged there)."""
-        request = client_request(head)
+    def answer_from_memory(self, request: ClientRequest, started: float) -> h2_answers.Answer | None:
+        """A complete HTTP/2 GET (received at `started`), offered before mitmproxy makes a flow of it
+        (h2_answers): the answer if memory answers it at once, counted and logged as `requestheaders` would
+        count and log it. None: the flow path takes it (and decides again; an internal error is logged
+        there)."""
         decision = self.service.decide(request)
         if decision.kind is Kind.PASS:
             return None
@@ -159,8 +161,8 @@ class RuststashAddon:
             return None
         if reply is None:
             return None
-        self._count(request, decision, reply, head.timestamp_start)
-        return make_response(reply)
+        self._count(request, decision, reply, started)
+        return reply.status, response_fields(reply), reply.body
 
     async def request(self, flow: http.HTTPFlow) -> None:
         decided: tuple[ClientRequest, Decision] | None = flow.metadata.pop(_DECIDED, None)

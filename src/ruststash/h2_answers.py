@@ -38,18 +38,25 @@ import time
 from collections.abc import Callable, Sequence
 
 import h2.events
-from mitmproxy import http
+from mitmproxy.net.http.validate import _valid_header_name  # mitmproxy's own check of header names
 from mitmproxy.proxy import events, layer
-from mitmproxy.proxy.layers.http import HTTPMode, _http2, validate_request
+from mitmproxy.proxy.layers.http import _http2
 from mitmproxy.proxy.layers.http._http_h2 import BufferedH2Connection
 
-Answerer = Callable[[http.Request], http.Response | None]
+from .replies import ClientRequest, header_dict
+
+# An answer sent here: status, header fields (as mitmproxy's Response would hold them), body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+# Asked with the request and the time it was received (time.time()).
+Answerer = Callable[[ClientRequest, float], Answer | None]
 
 # How many requests of one read of a client's connection may be answered here (see above).
 ANSWERS_PER_READ = 200
 _INSTALLED = "_ruststash_h2_answers"
 _LEFT = "_ruststash_answers_left"
 _answerer: Answerer | None = None
+# Headers that frame a message body: mitmproxy's validate_headers weighs them (a GET without a body has none).
+_FRAMING_HEADERS = (b"transfer-encoding", b"content-length")
 
 
 def register(answerer: Answerer | None) -> None:
@@ -89,47 +96,46 @@ def answered(server: _http2.Http2Server, event: h2.events.RequestReceived, answe
     request = complete_get(event.headers, server.context.options.validate_inbound_headers)
     if request is None or not server.is_open_for_us(event.stream_id):
         return False
-    response = answerer(request)
-    if response is None:
+    answer = answerer(request, time.time())
+    if answer is None:
         return False
     setattr(server, _LEFT, left - 1)
-    send_response(server.h2_conn, event.stream_id, response)
+    send_response(server.h2_conn, event.stream_id, *answer)
     return True
 
 
-def complete_get(headers: Sequence[tuple[bytes, bytes]], validate_inbound_headers: bool) -> http.Request | None:
-    """The request mitmproxy would make of these HTTP/2 headers, if it is a GET with an authority that passes
-    mitmproxy's checks; None for anything else."""
+def complete_get(headers: Sequence[tuple[bytes, bytes]], validate_inbound_headers: bool) -> ClientRequest | None:
+    """The request of these HTTP/2 headers, as `addon.client_request` would make it of mitmproxy's request, if
+    it is a GET with an authority and an http(s) scheme that passes mitmproxy's checks; None for anything
+    else. (A request with a Transfer-Encoding or Content-Length header is left to the flow path, whose
+    checks of those mitmproxy makes itself.)"""
     try:
         host, port, method, scheme, authority, path, fields = _http2.parse_h2_request_headers(headers)
     except ValueError:
         return None  # the flow path refuses it as mitmproxy does
-    if method != b"GET" or not authority:
+    if method != b"GET" or not authority or scheme not in (b"https", b"http"):
         return None
-    request = http.Request(
-        host=host,
+    for name, _ in fields.fields:
+        if validate_inbound_headers and not _valid_header_name.match(name):
+            return None
+        if name.lower() in _FRAMING_HEADERS:
+            return None
+    return ClientRequest(
+        method="GET",
+        scheme=scheme.decode(),
+        host=host.lower(),  # mitmproxy's pretty_host: the authority's host, as parsed here
         port=port,
-        method=method,
-        scheme=scheme,
-        authority=authority,
-        path=path,
-        http_version=b"HTTP/2.0",
-        headers=fields,
-        content=b"",
-        trailers=None,
-        timestamp_start=time.time(),
-        timestamp_end=None,
+        path=path.decode("utf-8", "surrogateescape"),
+        headers=header_dict(fields.fields),
     )
-    if validate_request(HTTPMode.regular, request, validate_inbound_headers) is not None:
-        return None
-    return request
 
 
-def send_response(conn: BufferedH2Connection, stream_id: int, response: http.Response) -> None:
-    """Send `response` on a stream as mitmproxy's HttpStream and Http2Server would: headers normalised as for
+def send_response(
+    conn: BufferedH2Connection, stream_id: int, status: int, fields: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    """Send a response on a stream as mitmproxy's HttpStream and Http2Server would: headers normalised as for
     a response not from HTTP/2, the stream ended with the headers when there is no body."""
-    headers = _http2.normalize_h1_headers([(b":status", b"%d" % response.status_code), *response.headers.fields], False)
-    body = response.raw_content or b""
+    headers = _http2.normalize_h1_headers([(b":status", b"%d" % status), *fields], False)
     conn.send_headers(stream_id, headers, end_stream=not body)
     if body:
         # The last frame's worth ends the stream: no empty DATA frame after it, as mitmproxy would send.

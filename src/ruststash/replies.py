@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -27,6 +28,17 @@ class Outcome(StrEnum):
     STALE = "STALE"
     PASS = "PASS"
     ERROR = "ERROR"
+
+
+def header_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """A request's header fields as ClientRequest keeps them: names lowercased, a repeated header's values
+    joined with ", " in order; bytes decoded as mitmproxy decodes them (UTF-8, surrogateescape)."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in fields:
+        name = raw_name.decode("utf-8", "surrogateescape").lower()
+        value = raw_value.decode("utf-8", "surrogateescape")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
 @dataclass(frozen=True)
