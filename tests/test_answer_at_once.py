@@ -156,13 +156,13 @@ async def test_a_stale_copy_of_a_slow_host_is_answered_at_once_and_refreshed_beh
     await service.upstream.start()
     hung: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     try:
-        mark_down(service, "index.crates.io")  # so that the background refresh sends nothing either
+        mark_down(service, "index.crates.io")  # so that no refresh is sent (see the test after the next)
         service.slow_hosts.watch("index.crates.io", hung, time.monotonic())
         decision, request = request_for(*STALE_INDEX)
         at_once = service.answer_at_once(decision, request)
         assert at_once is not None and at_once.outcome is Outcome.STALE
         assert "upstream is slow" in at_once.note
-        assert service._inflight.running(decision.key)  # its refresh, started behind the answer
+        assert not service._inflight.running(decision.key)  # marked down: no refresh that would meet the breaker
         handled = await service.handle(decision, request)
         assert_same(at_once, handled)
         assert at_once.note == handled.note
@@ -198,6 +198,19 @@ async def test_after_a_refused_connection_stale_copies_are_answered_at_once(tmp_
         assert "index.crates.io: upstream is not answering (" in at_once.note, at_once.note
         assert "cannot connect" in at_once.note
         assert service._inflight.running(decision.key)  # its refresh, started behind the answer
+        for _ in range(500):  # it is refused too
+            if not service._inflight.running(decision.key):
+                break
+            await asyncio.sleep(0.01)
+        breaker = service.upstream.breaker(refused[0].base)
+        assert breaker.failures == 2
+        breaker.record_failure(time.monotonic())  # a third failure in a row opens the breaker
+        assert service.upstream.is_marked_down("https://index.crates.io/3/f/foo")
+        stored(store, "index.crates.io", "/3/b/baz", b"stale as well\n", lifetime=0)
+        decision, request = request_for("index.crates.io", "/3/b/baz")
+        marked = service.answer_at_once(decision, request)
+        assert marked is not None and "upstream is not answering (" in marked.note
+        assert not service._inflight.running(decision.key)  # no refresh while the breaker would refuse it
     finally:
         await service.upstream.close()
         store.close()

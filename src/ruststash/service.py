@@ -249,7 +249,9 @@ class CacheService:
         after its refresh is started in the background if there is room. None: the host is not slow."""
         if not self.slow_hosts.is_slow(request.host):
             return None
-        if self.slow_hosts.needs_probe(request.host):
+        # No refresh while its origins are marked down: it would only meet the breaker (after refused
+        # connections, the breaker opens while the host is marked here).
+        if self.slow_hosts.needs_probe(request.host) and not self.upstream.is_marked_down(request.url):
             task, _, _ = self._inflight.join_or_start(decision.key, start)
             self.slow_hosts.watch(request.host, task, time.monotonic())
             self.metrics.background_refresh(decision.kind.value)

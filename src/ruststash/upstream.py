@@ -148,6 +148,19 @@ class Upstream:
     def marked_down(self, url: str) -> UpstreamError | None:
         """The error `get(url)` would raise without trying anything, because every origin it may go to is
         marked down and not yet due for a probe (counted as `get` counts it); None if one could be tried."""
+        reasons = self._down_reasons(url)
+        if reasons is None:
+            return None
+        for _ in reasons:
+            self._metrics.upstream_error("circuit_open")
+        return UpstreamError("; ".join(reasons), 503, "circuit_open")
+
+    def is_marked_down(self, url: str) -> bool:
+        """`marked_down` as a yes or no, counting nothing."""
+        return self._down_reasons(url) is not None
+
+    def _down_reasons(self, url: str) -> list[str] | None:
+        """Why each origin `url` may go to is marked down; None if one could be tried."""
         now = self._clock()
         if not any(breaker.state(now) is State.OPEN for breaker in self._breakers.values()):
             return None  # the usual case, asked on every revalidation: no URL mapping needed to say so
@@ -157,9 +170,7 @@ class Upstream:
             if breaker is None or breaker.state(now) is not State.OPEN:
                 return None
             reasons.append(_down_reason(urlsplit(candidate).netloc, breaker, now))
-        for _ in reasons:
-            self._metrics.upstream_error("circuit_open")
-        return UpstreamError("; ".join(reasons), 503, "circuit_open")
+        return reasons
 
     def breaker_states(self) -> dict[str, str]:
         now = self._clock()
