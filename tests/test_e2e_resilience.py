@@ -132,6 +132,19 @@ def test_warm_cargo_succeeds_from_cache_whatever_upstream_does(
     assert downloads and {r["outcome"] for r in downloads} == {"HIT"}
 
 
+def assert_revalidation_resumes(proxy: ProxyProcess, box: CargoSandbox, project: Path) -> None:
+    """With the fault lifted: a run is served at once again while its first requests probe the host, which
+    then counts as answering; the run after that revalidates (the test origin ignores validators: MISS)."""
+    (project / "Cargo.lock").unlink()
+    box.run(["generate-lockfile"], project)
+    wait_until_not_slow(proxy)
+    seen = len(proxy.access())
+    (project / "Cargo.lock").unlink()
+    box.run(["generate-lockfile"], project)
+    outcomes = {r["outcome"] for r in proxy.access()[seen:]}
+    assert "STALE" not in outcomes and "MISS" in outcomes, outcomes
+
+
 def test_a_hung_upstream_is_waited_for_once_then_the_cache_answers_at_once(
     tmp_path: Path,
     start_proxy: ProxyFactory,
@@ -163,14 +176,7 @@ def test_a_hung_upstream_is_waited_for_once_then_the_cache_answers_at_once(
     time.sleep(0.5)  # any other request that reached the hung origin ends by now too
     hung = [r for r in faulty_crates.records() if r.fault == "hang"]
     assert len(hung) <= max(len(waited), PROBES), f"more refreshes went to the hung origin than allowed: {hung}"
-    (project / "Cargo.lock").unlink()
-    box.run(["generate-lockfile"], project)  # served at once again; its first request probes the host
-    wait_until_not_slow(proxy)
-    seen = len(proxy.access())
-    (project / "Cargo.lock").unlink()
-    box.run(["generate-lockfile"], project)
-    outcomes = {r["outcome"] for r in proxy.access()[seen:]}
-    assert "STALE" not in outcomes and "MISS" in outcomes, outcomes
+    assert_revalidation_resumes(proxy, box, project)
 
 
 def test_after_a_refused_connection_the_cache_answers_at_once_until_upstream_is_back(
@@ -197,14 +203,7 @@ def test_after_a_refused_connection_the_cache_answers_at_once_until_upstream_is_
     assert stats(proxy)["slow_hosts"] == ["index.crates.io"]
 
     lift_fault(faulty_crates)
-    (project / "Cargo.lock").unlink()
-    box.run(["generate-lockfile"], project)  # served at once again; its first requests probe the host
-    wait_until_not_slow(proxy)
-    seen = len(proxy.access())
-    (project / "Cargo.lock").unlink()
-    box.run(["generate-lockfile"], project)
-    outcomes = {r["outcome"] for r in proxy.access()[seen:]}
-    assert "STALE" not in outcomes and "MISS" in outcomes, outcomes
+    assert_revalidation_resumes(proxy, box, project)
 
 
 def test_the_wait_for_a_hung_upstream_is_learned_and_kept_across_a_restart(

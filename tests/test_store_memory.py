@@ -4,6 +4,7 @@ with the index: every change this process makes drops the held copy, and a body 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ruststash.store import ACCESS_GRANULARITY, Entry, Store
+from ruststash.store import ACCESS_GRANULARITY, MEMORY_ORDER_META, Entry, Store
 
 META = {"status": 200, "headers": (("etag", '"x"'),), "stored_at": 1000.0, "lifetime": math.inf}
 MIB = 1024 * 1024
@@ -212,3 +213,67 @@ def test_the_fill_skips_what_changed_and_stops_when_told(tmp_path: Path) -> None
     assert store.fill_memory(threading.Event()) == (1, 6)
     held = store.lookup_hot("index:k")
     assert held is not None and held[0].etag == '"y"'
+
+
+def filled_in_order(store: Store) -> list[str]:
+    """Fill `store`'s memory, returning the keys in the order the fill put them in."""
+    read: list[str] = []
+    hot = store._hot
+    assert hot is not None
+    put_if_room = hot.put_if_room
+
+    def noting(entry: Entry, body: bytes) -> bool:
+        read.append(entry.key)
+        return put_if_room(entry, body)
+
+    hot.put_if_room = noting  # type: ignore[method-assign]
+    store.fill_memory(threading.Event())
+    hot.put_if_room = put_if_room  # type: ignore[method-assign]
+    return read
+
+
+def test_a_start_after_a_clean_stop_fills_memory_from_what_the_last_run_held(tmp_path: Path) -> None:
+    keys = ["index:a", "index:b", "crate:c", "crate:d"]
+    first = Store(tmp_path / "c", hot_bytes=MIB)
+    for key in keys:
+        first.put(key, key.encode() * 10, **META)
+    used = ["crate:d", "index:a", "crate:c"]  # this run's order; its access times are too recent to be noted
+    for key in used:
+        assert first.lookup_hot(key) is not None
+    first.delete("index:b")  # (not held now: not kept)
+    first.put_meta(first.memory_order_meta())  # as `serve` does when it stops
+    first.close()
+
+    listed = Store(tmp_path / "c", hot_bytes=MIB)
+    meta = listed.get_meta(MEMORY_ORDER_META)
+    assert meta is not None and [key for key, _ in json.loads(meta)] == list(reversed(used))
+    listed.close()
+    Store(tmp_path / "c").put("crate:c", b"replaced since", **META)  # another process changed one meanwhile
+
+    store = Store(tmp_path / "c", hot_bytes=MIB)
+    store._small_entries = None  # type: ignore[assignment,method-assign]  # the index is not listed
+    assert filled_in_order(store) == ["crate:d", "index:a", "crate:c"]  # the last run's order
+    assert store.lookup_hot("index:a") == (store.peek("index:a"), b"index:a" * 10)
+    assert store.lookup_hot("crate:c") == (store.peek("crate:c"), b"replaced since")  # the index's, as it is now
+    assert store.get_meta(MEMORY_ORDER_META) is None, "a start that then crashes must not reuse it"
+    store.close()
+
+    again = Store(tmp_path / "c", hot_bytes=MIB)  # no order kept: the index is listed, as after a crash
+    assert sorted(filled_in_order(again)) == ["crate:c", "crate:d", "index:a"]
+
+
+def test_a_kept_memory_order_is_cut_to_the_newest_that_fit_and_an_unreadable_one_ignored(tmp_path: Path) -> None:
+    first = Store(tmp_path / "c", hot_bytes=MIB)
+    for key in ("crate:a", "crate:b", "crate:c"):
+        first.put(key, b"x" * 1000, **META)
+        assert first.lookup_hot(key) is not None
+    first.put_meta(first.memory_order_meta())
+    first.close()
+
+    smaller = Store(tmp_path / "c", hot_bytes=2500)  # started with less memory: room for two
+    assert filled_in_order(smaller) == ["crate:b", "crate:c"]
+    smaller.put_meta({MEMORY_ORDER_META: "not json"})
+    smaller.close()
+
+    store = Store(tmp_path / "c", hot_bytes=MIB)
+    assert sorted(filled_in_order(store)) == ["crate:a", "crate:b", "crate:c"]  # listed instead

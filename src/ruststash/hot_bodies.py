@@ -72,6 +72,10 @@ class HotBodies:
         self._filled.add(entry.key)
         return True
 
+    def order(self) -> list[tuple[str, int]]:
+        """(key, body size) of what is held, most recently used first."""
+        return [(key, len(body)) for key, (_, body) in reversed(self._items.items())]
+
     def rank_filled(self, newest_first: Iterable[str]) -> None:
         """After a fill that read its bodies oldest first (each went in as the least recently used): rank
         those not used since among themselves by `newest_first`, the last of them least recently used."""

@@ -112,9 +112,10 @@ async def running_service(settings: Settings, metrics: Metrics) -> AsyncIterator
         await asyncio.wait([filling])  # it stops at its next body; the store must not close under it
         await upstream.close()
         try:
-            await asyncio.to_thread(store.put_meta, upstream.response_times.to_meta())
+            kept = {**upstream.response_times.to_meta(), **store.memory_order_meta()}
+            await asyncio.to_thread(store.put_meta, kept)
         except StoreError as exc:
-            logger.warning("upstream answer times not kept for the next start: %s", exc)
+            logger.warning("upstream answer times and the memory order not kept for the next start: %s", exc)
         await asyncio.to_thread(store.close)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -162,6 +163,9 @@ EVICT_TO = 0.9
 ORPHAN_GRACE = 60.0
 # At most this long reading bodies into memory at start (`fill_memory`)
 FILL_SECONDS = 60.0
+# Meta key of what the serving process held in memory when it stopped, most recently used first: the next
+# start fills memory from it (`fill_memory`) without listing the whole index.
+MEMORY_ORDER_META = "memory-order"
 
 
 @dataclass(frozen=True)
@@ -443,12 +447,23 @@ class Store:
             return 0, 0
         ends = time.monotonic() + max_seconds
         count = size = 0
-        chosen: list[Entry] = []
+        chosen: list[Entry] | list[str] = []
         with self._memo_lock:
             self._changed_keys = set()  # from now on: the listing below may be out of date for these
         try:
-            chosen = choose_for_memory(self._small_entries(stop, ends, hot.max_body), hot.budget, hot.max_body)
-            for entry in reversed(chosen):  # in the order the last run used them: a replay finds them read
+            saved = self._take_memory_order()
+            if saved is None:
+                chosen = choose_for_memory(self._small_entries(stop, ends, hot.max_body), hot.budget, hot.max_body)
+                oldest_first: Iterator[Entry] = reversed(chosen)
+            else:
+                logger.info(
+                    "start-up fill: reading the %d bodies the last run held in memory, in its order", len(saved)
+                )
+                chosen = choose_for_memory(
+                    ((key, size, -rank) for rank, (key, size) in enumerate(saved)), hot.budget, hot.max_body
+                )
+                oldest_first = self._current_entries(reversed(chosen))
+            for entry in oldest_first:  # in the order the last run used them: a replay finds them read
                 if stop.is_set() or time.monotonic() > ends:
                     break
                 try:
@@ -464,8 +479,39 @@ class Store:
         finally:
             with self._memo_lock:
                 self._changed_keys = None
-                hot.rank_filled(entry.key for entry in chosen)
+                hot.rank_filled(item if isinstance(item, str) else item.key for item in chosen)
         return count, size
+
+    def memory_order_meta(self) -> dict[str, str]:
+        """For `put_meta` when the serving process stops: what memory holds, for the next start's fill."""
+        if self._hot is None:
+            return {}
+        with self._memo_lock:
+            order = self._hot.order()
+        return {MEMORY_ORDER_META: json.dumps(order, separators=(",", ":"))}
+
+    def _take_memory_order(self) -> list[tuple[str, int]] | None:
+        """The (key, size) pairs a process that stopped cleanly held in memory, most recently used first,
+        removed from the meta as they are read (a process that then crashes leaves none: the next start
+        lists the index). None: there are none, or none could be read."""
+        raw = self.get_meta(MEMORY_ORDER_META)
+        if raw is None:
+            return None
+        with self._writes:
+            self._meta.delete(MEMORY_ORDER_META)
+        try:
+            order = [(str(key), int(size)) for key, size in json.loads(raw)]
+            return order or None  # nothing held (stopped before its own fill got far): list the index
+        except (ValueError, TypeError):
+            logger.warning("the memory order kept by the last run is not readable; listing the index instead")
+            return None
+
+    def _current_entries(self, keys: Iterable[str]) -> Iterator[Entry]:
+        """The index's entry for each of `keys` that still has one, read as it is reached."""
+        for key in keys:
+            raw: dict[str, Any] | None = self._index.get(key)
+            if raw is not None:
+                yield _entry_from_dict(key, raw)
 
     def _small_entries(self, stop: threading.Event, ends: float, max_body: int) -> Iterator[tuple[Entry, int, float]]:
         """(entry, size, last used) of each entry up to `max_body`, read one at a time (a large store
