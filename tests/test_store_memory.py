@@ -277,3 +277,18 @@ def test_a_kept_memory_order_is_cut_to_the_newest_that_fit_and_an_unreadable_one
 
     store = Store(tmp_path / "c", hot_bytes=MIB)
     assert sorted(filled_in_order(store)) == ["crate:a", "crate:b", "crate:c"]  # listed instead
+
+
+def test_the_proxys_own_reads_do_not_change_the_order_memory_keeps(tmp_path: Path) -> None:
+    """A crate's download reads its index file (the cksum): that is not a client's use of the index file,
+    so it does not move it past the crates cargo asked for after it."""
+    store = Store(tmp_path / "c", hot_bytes=MIB)
+    for key in ("index:se/rd/serde", "crate:serde"):
+        store.put(key, key.encode(), **META)
+    assert store.lookup_hot("index:se/rd/serde", answered=False) is not None  # the proxy's own read
+    assert [key for key, _ in json.loads(store.memory_order_meta()[MEMORY_ORDER_META])] == [
+        "crate:serde",
+        "index:se/rd/serde",
+    ]
+    assert store.lookup_hot("index:se/rd/serde") is not None  # a client's
+    assert json.loads(store.memory_order_meta()[MEMORY_ORDER_META])[0][0] == "index:se/rd/serde"

@@ -415,11 +415,13 @@ class Store:
         """The entry and body for `key` if held in memory, else None (then use `lookup_with_body`). Costs one
         `stat` and never waits on `_lock` or a worker thread: safe on the event loop. A body whose blob another
         process removed (`ruststash purge`) is dropped here, so a purge takes effect as it does on disk.
-        `answered`: the body goes to a client (counted in `memory_hits`), not only read by the proxy."""
+        `answered`: the body goes to a client (counted in `memory_hits`, and a use for the memory's LRU order),
+        not only read by the proxy (a crate's cksum looked up in its index file: the order stays the clients',
+        which the next start's fill follows)."""
         if self._hot is None:
             return None
         with self._memo_lock:
-            item = self._hot.get(key)
+            item = self._hot.get(key) if answered else self._hot.peek(key)
         if item is None:
             return None
         entry = item[0]
