@@ -440,7 +440,9 @@ class Store:
         filled cache then answers them as one that kept running would. They are read in the order they were
         last used: a build run again asks for them in much that order (cargo: index files, then crates), and
         finds each read before it asks, where newest first it would ask for index files while the fill read
-        crates. Each body goes in with the entry its listing read (no second read of the index), unless
+        crates. After a clean stop they are what that process held, in its order (`memory_order_meta`), each
+        read with the index's entry as it is now; else they come from a listing of the whole index by
+        access time. Each body goes in with the entry its listing read (no second read of the index), unless
         that key's entry was changed by this process since the fill began (`_changed_keys`): a commit
         racing the fill is never undone by it. For a worker thread, beside the serving; stops at `stop` or
         after `max_seconds`. Returns (bodies, bytes) read."""
@@ -449,22 +451,23 @@ class Store:
             return 0, 0
         ends = time.monotonic() + max_seconds
         count = size = 0
-        chosen: list[Entry] | list[str] = []
+        newest_first: list[str] = []  # the keys chosen
         with self._memo_lock:
             self._changed_keys = set()  # from now on: the listing below may be out of date for these
         try:
             saved = self._take_memory_order()
             if saved is None:
                 chosen = choose_for_memory(self._small_entries(stop, ends, hot.max_body), hot.budget, hot.max_body)
+                newest_first = [entry.key for entry in chosen]
                 oldest_first: Iterator[Entry] = reversed(chosen)
             else:
                 logger.info(
                     "start-up fill: reading the %d bodies the last run held in memory, in its order", len(saved)
                 )
-                chosen = choose_for_memory(
+                newest_first = choose_for_memory(
                     ((key, size, -rank) for rank, (key, size) in enumerate(saved)), hot.budget, hot.max_body
                 )
-                oldest_first = self._current_entries(reversed(chosen))
+                oldest_first = self._current_entries(reversed(newest_first))
             for entry in oldest_first:  # in the order the last run used them: a replay finds them read
                 if stop.is_set() or time.monotonic() > ends:
                     break
@@ -481,7 +484,7 @@ class Store:
         finally:
             with self._memo_lock:
                 self._changed_keys = None
-                hot.rank_filled(item if isinstance(item, str) else item.key for item in chosen)
+                hot.rank_filled(newest_first)
         return count, size
 
     def memory_order_meta(self) -> dict[str, str]:
