@@ -177,18 +177,7 @@ def test_the_fill_reads_bodies_in_the_order_they_were_last_used(tmp_path: Path) 
     earlier.close()
 
     store = Store(tmp_path / "c", hot_bytes=MIB)
-    read: list[str] = []
-    hot = store._hot
-    assert hot is not None
-    put_if_room = hot.put_if_room
-
-    def noting(entry: Entry, body: bytes) -> bool:
-        read.append(entry.key)
-        return put_if_room(entry, body)
-
-    hot.put_if_room = noting  # type: ignore[method-assign]
-    assert store.fill_memory(threading.Event())[0] == 4
-    assert read == used
+    assert filled_in_order(store) == used
 
 
 def test_the_fill_skips_what_changed_and_stops_when_told(tmp_path: Path) -> None:
