@@ -56,7 +56,7 @@ _INSTALLED = "_ruststash_h2_answers"
 _LEFT = "_ruststash_answers_left"
 _answerer: Answerer | None = None
 # Headers that frame a message body: mitmproxy's validate_headers weighs them (a GET without a body has none).
-_FRAMING_HEADERS = (b"transfer-encoding", b"content-length")
+_FRAMING_HEADERS = ("transfer-encoding", "content-length")
 
 
 def register(answerer: Answerer | None) -> None:
@@ -115,18 +115,18 @@ def complete_get(headers: Sequence[tuple[bytes, bytes]], validate_inbound_header
         return None  # the flow path refuses it as mitmproxy does
     if method != b"GET" or not authority or scheme not in (b"https", b"http"):
         return None
-    for name, _ in fields.fields:
-        if validate_inbound_headers and not _valid_header_name.match(name):
-            return None
-        if name.lower() in _FRAMING_HEADERS:
-            return None
+    if validate_inbound_headers and not all(_valid_header_name.match(name) for name, _ in fields.fields):
+        return None
+    merged = header_dict(fields.fields)
+    if any(name in merged for name in _FRAMING_HEADERS):
+        return None
     return ClientRequest(
         method="GET",
         scheme=scheme.decode(),
         host=host.lower(),  # mitmproxy's pretty_host: the authority's host, as parsed here
         port=port,
         path=path.decode("utf-8", "surrogateescape"),
-        headers=header_dict(fields.fields),
+        headers=merged,
     )
 
 

@@ -547,13 +547,17 @@ class Store:
         """Called after the index entries of `keys` were changed or removed: drops their bodies from
         memory. Returns the new change mark."""
         with self._memo_lock:
-            self._changes += 1
-            if self._changed_keys is not None:
-                self._changed_keys.update(keys)
+            self._count_change(keys)
             if self._hot is not None:
                 for key in keys:
                     self._hot.discard(key)
             return self._changes
+
+    def _count_change(self, keys: Iterable[str]) -> None:
+        """Bump the change mark and note `keys` for a fill in progress. Called with `_memo_lock` held."""
+        self._changes += 1
+        if self._changed_keys is not None:
+            self._changed_keys.update(keys)
 
     def writes_paused(self) -> bool:
         """True while the disk was found full recently: callers serve without trying to store."""
@@ -767,9 +771,7 @@ class Store:
         with the new entry (an index file is revalidated on every request; dropping it would send the next
         request to the disk). A body of another digest is dropped as after any change."""
         with self._memo_lock:
-            self._changes += 1
-            if self._changed_keys is not None:
-                self._changed_keys.add(updated.key)
+            self._count_change((updated.key,))
             if self._hot is None:
                 return
             held = self._hot.get(updated.key)
