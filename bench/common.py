@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from ruststash import cli
 from tests.harness import ProxyProcess
 from tests.origins.crates_io import FakeCratesIo
 from tests.origins.registry import index_path
@@ -103,7 +104,7 @@ def stop_proxy(proxy: ProxyProcess, label: str) -> str | None:
 
 
 # The clients' homes go to a tmpfs when there is one with this much free: on this machine creating a file under
-# /tmp (the default work directory) cost 0.4-0.6 ms of kernel time, and cargo creates thousands, so its own CPU
+# /tmp cost 0.4-0.6 ms of kernel time, and cargo creates thousands, so its own CPU
 # per warm fetch swung from 2.4 to 6.4 s run to run, drowning the proxies' differences (bench/README.md). The
 # proxies' caches stay in the work directory, on the disk.
 CLIENT_TMPFS = Path("/dev/shm")
@@ -119,16 +120,27 @@ def default_client_dir(workdir: Path) -> Path:
     return workdir / "clients"
 
 
-def client_home_text(client_dir: Path) -> str:
-    """Where the clients' homes were, for the report: which file system."""
+def default_workdir(prefix: str) -> Path:
+    """A fresh work directory (the proxies' caches, logs, the origins' trees) beside the directory where
+    `ruststash serve` keeps its cache by default, the user cache directory: where a user's cache would be.
+    Not /tmp: on this machine kind a file created there, and kept, cost about 0.85 ms of kernel time, against
+    0.01 ms under /var/tmp, /root or / on the same disk (the inode allocator's search from /tmp's block group),
+    and both proxies create a file per cached body (docs/benchmarks.md, 2026-12-07 evening)."""
+    parent = cli.default_cache_dir().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+def place_text(directory: Path) -> str:
+    """A directory and its file system, for the report."""
     fs_type = "?"
     with contextlib.suppress(OSError), open("/proc/mounts", encoding="utf-8") as mounts:
         best = ""
-        resolved = str(client_dir.resolve())
+        resolved = str(directory.resolve())
         for line in mounts:
             fields = line.split()
             if len(fields) < 3 or len(fields[1]) < len(best):
                 continue
             if resolved == fields[1] or resolved.startswith(fields[1].rstrip("/") + "/"):
                 best, fs_type = fields[1], fields[2]
-    return f"{client_dir} ({fs_type})"
+    return f"{directory} ({fs_type})"

@@ -55,10 +55,11 @@ from bench.common import (
     KIB,
     MIB,
     WORKLOADS_DIR,
-    client_home_text,
     crates_body_sizes,
     default_client_dir,
+    default_workdir,
     machine_line,
+    place_text,
     publish,
     size_text,
     stop_proxy,
@@ -942,7 +943,7 @@ def render(
         "ruststash with its default options; Squid "
         f"{squid_version()} with ssl-bump and the config of bench/squid.py. Index files `max-age=0` (revalidated); "
         "warm runs start a new proxy on a copy of a cache filled by one untimed cold run. "
-        f"Clients' homes: {client_home_text(bench.client_dir)}; the proxies' caches on the disk.",
+        f"Clients' homes: {place_text(bench.client_dir)}; the proxies' caches: {place_text(bench.workdir)}.",
         "",
     ]
     lines += render_table(rows)
@@ -1061,7 +1062,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry-cache", type=Path, default=REGISTRY_CACHE)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to append to")
     parser.add_argument("--no-write", action="store_true", help="print the report only")
-    parser.add_argument("--workdir", type=Path, help="where caches, homes and logs go (default: a temp dir)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="where caches, homes and logs go (default: a new directory in the user cache directory)",
+    )
     parser.add_argument(
         "--client-dir",
         type=Path,
@@ -1087,7 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Squid scenarios skipped: {squid_problem}", file=sys.stderr)
         plan = [(w, tuple(s for s in names if SCENARIOS[s].via != "squid")) for w, names in plan]
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ruststash-bench-compare-"))
+    workdir = args.workdir or default_workdir("ruststash-bench-compare-")
     workdir.mkdir(parents=True, exist_ok=True)
     client_dir, made_client_dir = args.client_dir, False
     if client_dir is None:

@@ -38,14 +38,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.common import MIB, machine_line, publish, stop_proxy
+from bench.common import MIB, default_workdir, machine_line, publish, stop_proxy
 from tests.harness import ProxyProcess
 from tests.origins.rustlang import FakeRustDist
 from tests.origins.tls import OriginTLS, make_origin_tls
@@ -595,14 +594,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-mib", type=float, default=TARGET_MIB, help="RSS target to report against")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to append to")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
-    parser.add_argument("--workdir", type=Path, help="where origin files and caches go (default: a temp dir)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="where origin files and caches go (default: a new directory in the user cache directory)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--label", default="", help="a note for the table's heading (what was measured)")
     args = parser.parse_args(argv)
     if args.size_mb < 1:
         parser.error("--size-mb must be at least 1")
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ruststash-bench-"))
+    workdir = args.workdir or default_workdir("ruststash-bench-")
     workdir.mkdir(parents=True, exist_ok=True)
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     machine = machine_description()

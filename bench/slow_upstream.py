@@ -48,10 +48,11 @@ from bench.common import (
     KIB,
     MIB,
     WORKLOADS_DIR,
-    client_home_text,
     crates_body_sizes,
     default_client_dir,
+    default_workdir,
     machine_line,
+    place_text,
     publish,
     size_text,
     stop_proxy,
@@ -415,7 +416,7 @@ def render(rows: list[Row], bench: Bench, machine: dict[str, str], when: str, la
         f"answers. ruststash `--stale-after {s.stale_after:g}` (other options default); index files "
         "`max-age=0` and validators ignored upstream, so every warm index request goes upstream. Warm runs use a "
         f"copy of a cache filled once by an unfaulted cold run (took {bench.fill_seconds or 0:.1f} s). "
-        f"cargo's homes: {client_home_text(bench.client_dir)}; the proxy's cache on the disk.",
+        f"cargo's homes: {place_text(bench.client_dir)}; the proxy's cache: {place_text(bench.workdir)}.",
         "",
         "| scenario | ok runs | wall s (min-max) | lockfile s + fetch s | x direct | x warm unfaulted | requests "
         "| outcomes per run | index requests in proxy: median ms (max); in sequence; busy s | proxy CPU ms/request "
@@ -507,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to append to")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
-    parser.add_argument("--workdir", type=Path, help="where caches and logs go (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, help="where caches and logs go (default: a new directory in the user cache directory)"
+    )
     parser.add_argument(
         "--client-dir",
         type=Path,
@@ -534,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
     )
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ruststash-bench-slow-"))
+    workdir = args.workdir or default_workdir("ruststash-bench-slow-")
     workdir.mkdir(parents=True, exist_ok=True)
     client_dir, made_client_dir = args.client_dir, False
     if client_dir is None:
