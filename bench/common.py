@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import statistics
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -122,13 +125,39 @@ def default_client_dir(workdir: Path) -> Path:
 
 def default_workdir(prefix: str) -> Path:
     """A fresh work directory (the proxies' caches, logs, the origins' trees) beside the directory where
-    `ruststash serve` keeps its cache by default, the user cache directory: where a user's cache would be.
-    Not /tmp: on this machine kind a file created there, and kept, cost about 0.85 ms of kernel time, against
-    0.01 ms under /var/tmp, /root or / on the same disk (the inode allocator's search from /tmp's block group),
-    and both proxies create a file per cached body (docs/benchmarks.md, 2026-12-07 evening)."""
+    `ruststash serve` keeps its cache by default, the user cache directory: where a user's cache would be."""
     parent = cli.default_cache_dir().parent
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+# Files made to time a file creation (`file_creation_ms`).
+CREATION_SAMPLES = 200
+
+
+def file_creation_ms(directory: Path) -> float:
+    """CPU time (ms, median) to create a file in `directory` and keep it, as both proxies do for each body
+    they store. On this machine kind it swung from 0.01 ms to about 1 ms with the history of that part of the
+    disk (where many files were made and removed lately, as a benchmark does), which moves cold runs by about
+    a second: the report shows it (bench/README.md)."""
+    probe = Path(tempfile.mkdtemp(prefix="file-creation-", dir=directory))
+    costs: list[float] = []
+    try:
+        for n in range(CREATION_SAMPLES):
+            began = time.thread_time()
+            os.close(os.open(probe / str(n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            costs.append(time.thread_time() - began)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    return statistics.median(costs) * 1000
+
+
+def cache_place_text(directory: Path, creation_ms: tuple[float, float]) -> str:
+    """`place_text` of the proxies' work directory and what a file creation cost there at the start and the
+    end of the benchmark."""
+    start, end = creation_ms
+    cost = f"creating a file cost {start:.2f} ms of CPU at the start, {end:.2f} at the end"
+    return f"{place_text(directory)}, where {cost}"
 
 
 def place_text(directory: Path) -> str:

@@ -55,9 +55,11 @@ from bench.common import (
     KIB,
     MIB,
     WORKLOADS_DIR,
+    cache_place_text,
     crates_body_sizes,
     default_client_dir,
     default_workdir,
+    file_creation_ms,
     machine_line,
     place_text,
     publish,
@@ -498,6 +500,7 @@ class Bench:
         self.timeout = timeout
         self.profile = profile
         self.profiled: set[tuple[str, str]] = set()  # (workload, scenario) profiled already
+        self.file_creation_ms = file_creation_ms(workdir)  # at the start; the report adds the end's
         self.tls = make_origin_tls(workdir / "tls")
         self.squid_ca: SquidCA | None = None
         self.ssl_db = workdir / "squid-ssl-db"
@@ -943,7 +946,8 @@ def render(
         "ruststash with its default options; Squid "
         f"{squid_version()} with ssl-bump and the config of bench/squid.py. Index files `max-age=0` (revalidated); "
         "warm runs start a new proxy on a copy of a cache filled by one untimed cold run. "
-        f"Clients' homes: {place_text(bench.client_dir)}; the proxies' caches: {place_text(bench.workdir)}.",
+        f"Clients' homes: {place_text(bench.client_dir)}; the proxies' caches: "
+        f"{cache_place_text(bench.workdir, (bench.file_creation_ms, file_creation_ms(bench.workdir)))}.",
         "",
     ]
     lines += render_table(rows)

@@ -48,9 +48,11 @@ from bench.common import (
     KIB,
     MIB,
     WORKLOADS_DIR,
+    cache_place_text,
     crates_body_sizes,
     default_client_dir,
     default_workdir,
+    file_creation_ms,
     machine_line,
     place_text,
     publish,
@@ -205,6 +207,7 @@ class Bench:
         self.registry = registry
         self.settings = settings
         self.keep = keep
+        self.file_creation_ms = file_creation_ms(workdir)  # at the start; the report adds the end's
         self.tls: OriginTLS = make_origin_tls(workdir / "tls")
         # The floor: crates.io as cargo sees it without a proxy (its dl points at its own static listener).
         self.direct_origin = FakeCratesIo(registry, self.tls, dl=DIRECT_DL)
@@ -416,7 +419,8 @@ def render(rows: list[Row], bench: Bench, machine: dict[str, str], when: str, la
         f"answers. ruststash `--stale-after {s.stale_after:g}` (other options default); index files "
         "`max-age=0` and validators ignored upstream, so every warm index request goes upstream. Warm runs use a "
         f"copy of a cache filled once by an unfaulted cold run (took {bench.fill_seconds or 0:.1f} s). "
-        f"cargo's homes: {place_text(bench.client_dir)}; the proxy's cache: {place_text(bench.workdir)}.",
+        f"cargo's homes: {place_text(bench.client_dir)}; the proxy's cache: "
+        f"{cache_place_text(bench.workdir, (bench.file_creation_ms, file_creation_ms(bench.workdir)))}.",
         "",
         "| scenario | ok runs | wall s (min-max) | lockfile s + fetch s | x direct | x warm unfaulted | requests "
         "| outcomes per run | index requests in proxy: median ms (max); in sequence; busy s | proxy CPU ms/request "
