@@ -256,17 +256,19 @@ def test_crates_answered_from_memory_are_refetched_once_purged(
 
 
 # Loaded by the proxy's Python at start (PYTHONPATH): writes a line to the proxy's log for each request that
-# h2_answers answers on the client's HTTP/2 connection, without a flow.
+# h2_answers answers on the client's HTTP/2 connection, without a flow: at once, or later (a miss).
 IN_PLACE_PROBE = """
 import sys
 from ruststash import h2_answers
-_answered = h2_answers.answered
+_answer = h2_answers.answer
 def _probe(server, event, answerer):
-    done = _answered(server, event, answerer)
-    if done:
+    done = _answer(server, event, answerer)
+    if isinstance(done, h2_answers.AnswerLater):
+        print("probe: answered later", file=sys.stderr, flush=True)
+    elif done:
         print("probe: answered in place", file=sys.stderr, flush=True)
     return done
-h2_answers.answered = _probe
+h2_answers.answer = _probe
 """
 
 
@@ -283,16 +285,23 @@ def test_warm_hits_are_answered_on_cargos_http2_connection_and_counted_once(
     origin_tls: OriginTLS,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A warm cargo's crates come from memory straight on its HTTP/2 connection (h2_answers), each logged
-    and counted once, as a flow's answer is."""
+    """A cold cargo's misses are answered on its HTTP/2 connection when their fetches are done, and a warm
+    cargo's crates come from memory straight on it (h2_answers), each logged and counted once, as a flow's
+    answer is."""
     probe = tmp_path / "probe"
     probe.mkdir()
     (probe / "sitecustomize.py").write_text(IN_PLACE_PROBE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(probe), os.environ.get("PYTHONPATH")])))
     proxy = start_proxy(upstream_args(crates_origin, origin_tls))
     project, fetched = fetched_cold(tmp_path, proxy, crates_origin)
-    seen, counted = len(proxy.access()), requests_counted(proxy)
+    cold = proxy.access()
+    seen, counted = len(cold), requests_counted(proxy)
     in_place = proxy.log().count("probe: answered in place")
+    # cold: every crate and index file was a miss, answered on cargo's connection when its fetch was done
+    misses = [r for r in cold if r["outcome"] == "MISS" and r["path"] != "/config.json"]
+    assert {r["path"] for r in misses} >= set(fetched)
+    assert len(misses) <= proxy.log().count("probe: answered later") <= len(cold)
+    assert counted == len(cold)
     generate_fetch_build(sandbox(tmp_path / "warm", proxy), project)
 
     assert crate_downloads(crates_origin) == []

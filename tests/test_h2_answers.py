@@ -1,16 +1,20 @@
-"""Hits answered on a client's HTTP/2 connection without a flow (h2_answers): mitmproxy's Http2Server layer,
-driven by a real h2 client's bytes, answers what the answerer answers as mitmproxy would have sent it, and
-hands everything else to the flow path unchanged."""
+"""Requests answered on a client's HTTP/2 connection without a flow (h2_answers): mitmproxy's Http2Server
+layer, driven by a real h2 client's bytes, answers what the answerer answers as mitmproxy would have sent it,
+at once or when the answer's work is done, and hands everything else to the flow path unchanged."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
 
@@ -18,7 +22,7 @@ with warnings.catch_warnings():  # mitmproxy's addons import code that warns of 
     warnings.simplefilter("ignore", DeprecationWarning)
     from mitmproxy import addonmanager, connection, http, options
     from mitmproxy.addons import proxyserver
-    from mitmproxy.proxy import commands, events
+    from mitmproxy.proxy import commands, events, mode_specs, server
     from mitmproxy.proxy.context import Context
     from mitmproxy.proxy.layers.http import ReceiveHttp, RequestHeaders, _http2
     from mitmproxy.proxy.layers.http._http2 import Http2Server
@@ -35,12 +39,18 @@ class Answerer:
 
     def __init__(self, answers: dict[str, h2_answers.Answer]) -> None:
         self.answers = answers
+        self.later: dict[str, asyncio.Future[h2_answers.Answer]] = {}  # answered when the future is
         self.asked: list[ClientRequest] = []
 
-    def __call__(self, request: ClientRequest, started: float) -> h2_answers.Answer | None:
+    def __call__(self, request: ClientRequest, started: float) -> h2_answers.Answer | h2_answers.AnswerWork | None:
         assert abs(started - time.time()) < 60
         self.asked.append(request)
+        if request.path in self.later:
+            return self._when_done(self.later[request.path])
         return self.answers.get(request.path)
+
+    async def _when_done(self, answer: asyncio.Future[h2_answers.Answer]) -> h2_answers.Answer:
+        return await answer
 
 
 def response(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> h2_answers.Answer:
@@ -295,3 +305,150 @@ def test_a_request_mitmproxy_would_weigh_or_refuse_is_left_to_the_flow_path(extr
     for scheme in (b"ftp", b""):
         other = [(name, scheme if name == b":scheme" else value) for name, value in REQUEST_HEADS[0]]
         assert h2_answers.complete_get(other, validate_inbound_headers=True) is None
+
+
+# ---- answers that need work first (a miss, a revalidation): sent when the work is done
+
+
+def answers_later(issued: list[commands.Command]) -> list[h2_answers.AnswerLater]:
+    return [c for c in issued if isinstance(c, h2_answers.AnswerLater)]
+
+
+async def woken(conn: Connected, later: h2_answers.AnswerLater) -> list[h2.events.Event]:
+    """What the client receives when the connection's handler delivers `later`'s wake-up to the layer."""
+    await asyncio.wait([later.work])
+    return conn.to_client(list(conn.server.handle_event(events.Wakeup(later))))
+
+
+async def test_an_answer_that_needs_work_goes_out_when_the_work_is_done(answer: Answerer) -> None:
+    work = asyncio.get_running_loop().create_future()
+    answer.later["/se/rd/serde"] = work
+    answer.answers["/in/place"] = response(200, b"now", [])
+    conn = Connected()
+    waiting = conn.get("/se/rd/serde")
+
+    issued, received = conn.send()
+
+    (later,) = answers_later(issued)
+    assert later.stream_id == waiting and flow_requests(issued) == []  # no flow: a wake-up is asked for
+    assert reply_of(received, waiting) == ([], b"", False)
+    meanwhile = conn.get("/in/place")  # the connection goes on while the work runs
+    _, received = conn.send()
+    assert reply_of(received, meanwhile)[1:] == (b"now", True)
+
+    work.set_result(response(200, b"body", [(b"ETag", b'"1"')]))
+    received = await woken(conn, later)
+    assert reply_of(received, waiting) == ([(b":status", b"200"), (b"etag", b'"1"')], b"body", True)
+    assert empty_data_frames(received, waiting) == 0
+
+
+async def test_a_stream_the_client_reset_meanwhile_is_not_answered_and_the_connection_goes_on(
+    answer: Answerer,
+) -> None:
+    work = asyncio.get_running_loop().create_future()
+    answer.later["/se/rd/serde"] = work
+    answer.answers["/in/place"] = response(200, b"now", [])
+    conn = Connected()
+    waiting = conn.get("/se/rd/serde")
+    (later,) = answers_later(conn.send()[0])
+
+    conn.client.reset_stream(waiting)
+    issued, _ = conn.send()
+    assert flow_requests(issued) == []
+
+    work.set_result(response(200, b"body", []))
+    assert [e for e in await woken(conn, later) if getattr(e, "stream_id", None) == waiting] == []
+    stream = conn.get("/in/place")
+    assert reply_of(conn.send()[1], stream)[1:] == (b"now", True)
+
+
+async def test_work_that_did_not_finish_resets_its_stream(answer: Answerer) -> None:
+    answer.later["/se/rd/serde"] = asyncio.get_running_loop().create_future()
+    conn = Connected()
+    waiting = conn.get("/se/rd/serde")
+    (later,) = answers_later(conn.send()[0])
+
+    later.work.cancel()  # what the work never does (its own errors are answers), and the proxy stopping does
+    received = await woken(conn, later)
+
+    (reset,) = [e for e in received if isinstance(e, h2.events.StreamReset)]
+    assert reset.stream_id == waiting and reset.error_code == h2.errors.ErrorCodes.INTERNAL_ERROR
+
+
+async def test_a_wake_up_after_the_connection_closed_does_nothing(answer: Answerer) -> None:
+    work = asyncio.get_running_loop().create_future()
+    answer.later["/se/rd/serde"] = work
+    conn = Connected()
+    conn.get("/se/rd/serde")
+    (later,) = answers_later(conn.send()[0])
+
+    list(conn.server.handle_event(events.ConnectionClosed(conn.peer)))
+    work.set_result(response(200, b"body", []))
+    await asyncio.wait([later.work])
+
+    assert list(conn.server.handle_event(events.Wakeup(later))) == []
+
+
+@dataclass
+class Handler:
+    """mitmproxy's connection handler for a real (socketpair) client connection; the events it would hand
+    its layers are recorded instead."""
+
+    live: server.ConnectionHandler
+    delivered: list[events.Event]
+
+
+@pytest.fixture
+async def handler() -> AsyncIterator[Handler]:
+    h2_answers.install()
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    mode = mode_specs.ProxyMode.parse("regular")
+    live = server.SimpleConnectionHandler(reader, writer, proxy_options(), mode, {})  # type: ignore[no-untyped-call]
+    delivered: list[events.Event] = []
+
+    async def recording(event: events.Event) -> None:
+        delivered.append(event)
+
+    live.server_event = recording  # type: ignore[method-assign]
+    yield Handler(live, delivered)
+    writer.close()
+    theirs.close()
+
+
+async def test_the_handler_wakes_the_layer_when_the_work_is_done_and_no_idle_timeout_cuts_the_wait(
+    handler: Handler,
+) -> None:
+    work = asyncio.get_running_loop().create_future()
+    later = h2_answers.AnswerLater(work, 1)
+    timer = asyncio.ensure_future(handler.live.wakeup(later))
+    handler.live.wakeup_timer.add(timer)
+    await asyncio.sleep(0.05)
+    assert not timer.done() and handler.delivered == []  # (delay 0: a timer would have fired already)
+    assert not handler.live.timeout_watchdog.can_timeout.is_set()  # disarmed while the client waits
+
+    work.set_result(response(200, b"x", []))
+    await asyncio.wait_for(timer, 5)
+
+    (event,) = handler.delivered
+    assert isinstance(event, events.Wakeup) and event.command is later
+    assert timer not in handler.live.wakeup_timer and handler.live.timeout_watchdog.can_timeout.is_set()
+
+
+async def test_a_closed_connections_wake_up_is_cancelled_and_the_work_goes_on(handler: Handler) -> None:
+    work = asyncio.get_running_loop().create_future()
+    timer = asyncio.ensure_future(handler.live.wakeup(h2_answers.AnswerLater(work, 1)))
+    await asyncio.sleep(0.01)
+
+    timer.cancel()  # what the handler does to its wake-ups when the client's connection closes
+    await asyncio.wait([timer])
+
+    assert not work.cancelled() and handler.delivered == []
+    assert handler.live.timeout_watchdog.can_timeout.is_set()
+
+
+async def test_other_wake_ups_still_wait_for_their_delay(handler: Handler) -> None:
+    request = commands.RequestWakeup(0.01)
+    await asyncio.wait_for(handler.live.wakeup(request), 5)
+    (event,) = handler.delivered
+    assert isinstance(event, events.Wakeup) and event.command is request

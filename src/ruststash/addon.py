@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 _MARK = "ruststash"
 _DECIDED = "ruststash.decided"  # (ClientRequest, Decision) from `requestheaders`, for `request`
 _STALE_WARNING = (STALE_WARNING[0].encode(), STALE_WARNING[1].encode())
+# What an HTTP/2 request is answered without a flow for even when memory cannot answer it at once (h2_answers):
+# the cargo kinds, whose replies are always whole bodies in memory (never streamed from disk or forwarded).
+ANSWERED_LATER = frozenset({Kind.CONFIG, Kind.INDEX, Kind.CRATE})
 
 
 @dataclass(frozen=True)
@@ -147,11 +150,14 @@ class RuststashAddon:
             return
         flow.metadata[_DECIDED] = (request, decision)
 
-    def answer_from_memory(self, request: ClientRequest, started: float) -> h2_answers.Answer | None:
+    def answer_without_flow(
+        self, request: ClientRequest, started: float
+    ) -> h2_answers.Answer | h2_answers.AnswerWork | None:
         """A complete HTTP/2 GET (received at `started`), offered before mitmproxy makes a flow of it
-        (h2_answers): the answer if memory answers it at once, counted and logged as `requestheaders` would
-        count and log it. None: the flow path takes it (and decides again; an internal error is logged
-        there)."""
+        (h2_answers): the answer if memory answers it at once; else, for what is always answered with a whole
+        body in memory (ANSWERED_LATER), the work that answers it as the `request` hook would. Each is counted
+        and logged as its flow would be. None: the flow path takes it (and decides again; an internal error in
+        `answer_at_once` is logged there)."""
         decision = self.service.decide(request)
         if decision.kind is Kind.PASS:
             return None
@@ -159,21 +165,36 @@ class RuststashAddon:
             reply = self.service.answer_at_once(decision, request)
         except Exception:
             return None
-        if reply is None:
-            return None
+        if reply is not None:
+            self._count(request, decision, reply, started)
+            return reply.status, response_fields(reply), reply.body
+        if decision.kind in ANSWERED_LATER:
+            return self._answer_later(request, decision, started)
+        return None
+
+    async def _answer_later(self, request: ClientRequest, decision: Decision, started: float) -> h2_answers.Answer:
+        reply = await self._handled(request, decision)
+        if reply.streamed or reply.forward:  # not for ANSWERED_LATER's kinds; a client still gets an answer
+            if reply.file is not None:
+                reply.file.close()
+            logger.error("internal error: %s was answered with a streamed or forwarded reply", request.url)
+            reply = error_reply(500, "internal error: a reply that cannot be sent here")
         self._count(request, decision, reply, started)
         return reply.status, response_fields(reply), reply.body
+
+    async def _handled(self, request: ClientRequest, decision: Decision) -> Reply:
+        try:
+            return await self.service.handle(decision, request)
+        except Exception as exc:  # nothing escapes a hook: a bug becomes a 500 and one log line
+            logger.exception("internal error handling %s", request.url)
+            return error_reply(500, f"internal error: {type(exc).__name__}")
 
     async def request(self, flow: http.HTTPFlow) -> None:
         decided: tuple[ClientRequest, Decision] | None = flow.metadata.pop(_DECIDED, None)
         if decided is None or flow.response or flow.error or not flow.live:
             return  # not ours to answer (PASS), or already answered
         request, decision = decided
-        try:
-            reply = await self.service.handle(decision, request)
-        except Exception as exc:  # nothing escapes a hook: a bug becomes a 500 and one log line
-            logger.exception("internal error handling %s", request.url)
-            reply = error_reply(500, f"internal error: {type(exc).__name__}")
+        reply = await self._handled(request, decision)
         if reply.streamed:
             self._stream(flow, request, reply, decision.kind.value)
             return

@@ -63,7 +63,8 @@
   through the IDNA codec: about 6 us a request, for the same few host names. The results are kept for the
   last AUTHORITY_MEMO authorities seen (a malformed one raises each time, as before).
 
-Hits from memory on HTTP/2 connections skip the flow machinery altogether: see h2_answers.
+Hits from memory on HTTP/2 connections, and cargo's requests that need upstream, skip the flow machinery altogether:
+see h2_answers.
 
 Re-check all of these when mitmproxy is upgraded (it is pinned in constraints.txt).
 """

@@ -185,7 +185,7 @@ async def serve(settings: Settings) -> None:
             if not await ps.setup_servers():
                 raise StartupError(f"cannot listen on {settings.listen} (--listen)")
             admin = await start_admin(settings.admin_listen, Admin(service, metrics, settings.data_dir))
-            h2_answers.register(addon.answer_from_memory)
+            h2_answers.register(addon.answer_without_flow)
             try:
                 await master.running()
                 body_gc.freeze_startup_objects()
