@@ -152,12 +152,17 @@ def file_creation_ms(directory: Path) -> float:
     return statistics.median(costs) * 1000
 
 
-def cache_place_text(directory: Path, creation_ms: tuple[float, float]) -> str:
+def measure_file_creation_at_end(measured: list[float], directory: Path) -> None:
+    """Add the end's `file_creation_ms` to the start's (before the work directory is removed)."""
+    with contextlib.suppress(OSError):
+        measured.append(file_creation_ms(directory))
+
+
+def cache_place_text(directory: Path, creation_ms: list[float]) -> str:
     """`place_text` of the proxies' work directory and what a file creation cost there at the start and the
     end of the benchmark."""
-    start, end = creation_ms
-    cost = f"creating a file cost {start:.2f} ms of CPU at the start, {end:.2f} at the end"
-    return f"{place_text(directory)}, where {cost}"
+    at = ", ".join(f"{ms:.2f} ms at the {when}" for ms, when in zip(creation_ms, ("start", "end"), strict=False))
+    return f"{place_text(directory)}, where creating a file cost {at} (CPU)"
 
 
 def place_text(directory: Path) -> str:

@@ -61,6 +61,7 @@ from bench.common import (
     default_workdir,
     file_creation_ms,
     machine_line,
+    measure_file_creation_at_end,
     place_text,
     publish,
     size_text,
@@ -500,7 +501,8 @@ class Bench:
         self.timeout = timeout
         self.profile = profile
         self.profiled: set[tuple[str, str]] = set()  # (workload, scenario) profiled already
-        self.file_creation_ms = file_creation_ms(workdir)  # at the start; the report adds the end's
+        # What creating a file costs in the work directory, at the start and (`creation_measured_at_end`) the end.
+        self.file_creation_ms: list[float] = [file_creation_ms(workdir)]
         self.tls = make_origin_tls(workdir / "tls")
         self.squid_ca: SquidCA | None = None
         self.ssl_db = workdir / "squid-ssl-db"
@@ -947,7 +949,7 @@ def render(
         f"{squid_version()} with ssl-bump and the config of bench/squid.py. Index files `max-age=0` (revalidated); "
         "warm runs start a new proxy on a copy of a cache filled by one untimed cold run. "
         f"Clients' homes: {place_text(bench.client_dir)}; the proxies' caches: "
-        f"{cache_place_text(bench.workdir, (bench.file_creation_ms, file_creation_ms(bench.workdir)))}.",
+        f"{cache_place_text(bench.workdir, bench.file_creation_ms)}.",
         "",
     ]
     lines += render_table(rows)
@@ -1146,6 +1148,8 @@ def main(argv: list[str] | None = None) -> int:
         for workload in workloads:
             with contextlib.suppress(Exception):
                 workload.close()
+        if bench is not None:
+            measure_file_creation_at_end(bench.file_creation_ms, workdir)
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
         if not args.keep and made_client_dir:

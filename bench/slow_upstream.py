@@ -54,6 +54,7 @@ from bench.common import (
     default_workdir,
     file_creation_ms,
     machine_line,
+    measure_file_creation_at_end,
     place_text,
     publish,
     size_text,
@@ -207,7 +208,8 @@ class Bench:
         self.registry = registry
         self.settings = settings
         self.keep = keep
-        self.file_creation_ms = file_creation_ms(workdir)  # at the start; the report adds the end's
+        # What creating a file costs in the work directory, at the start and (`creation_measured_at_end`) the end.
+        self.file_creation_ms: list[float] = [file_creation_ms(workdir)]
         self.tls: OriginTLS = make_origin_tls(workdir / "tls")
         # The floor: crates.io as cargo sees it without a proxy (its dl points at its own static listener).
         self.direct_origin = FakeCratesIo(registry, self.tls, dl=DIRECT_DL)
@@ -420,7 +422,7 @@ def render(rows: list[Row], bench: Bench, machine: dict[str, str], when: str, la
         "`max-age=0` and validators ignored upstream, so every warm index request goes upstream. Warm runs use a "
         f"copy of a cache filled once by an unfaulted cold run (took {bench.fill_seconds or 0:.1f} s). "
         f"cargo's homes: {place_text(bench.client_dir)}; the proxy's cache: "
-        f"{cache_place_text(bench.workdir, (bench.file_creation_ms, file_creation_ms(bench.workdir)))}.",
+        f"{cache_place_text(bench.workdir, bench.file_creation_ms)}.",
         "",
         "| scenario | ok runs | wall s (min-max) | lockfile s + fetch s | x direct | x warm unfaulted | requests "
         "| outcomes per run | index requests in proxy: median ms (max); in sequence; busy s | proxy CPU ms/request "
@@ -580,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bench is not None:
             bench.close()
+            measure_file_creation_at_end(bench.file_creation_ms, workdir)
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
         if not args.keep and made_client_dir:
