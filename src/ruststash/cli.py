@@ -92,7 +92,7 @@ def main() -> None:
 
 _RESILIENCE_HELP = {
     "stale_after": "With a stored copy, wait at most this long for upstream (less for an origin that usually "
-    "answers far faster: 4x its slowest recent answer, at least 0.5s), then serve the copy (X-Cache: STALE) "
+    "answers far faster: 4x its slowest recent answer, at least 0.25s), then serve the copy (X-Cache: STALE) "
     "and let the fetch refresh it in the background.",
     "miss_timeout": "With nothing stored, wait this long for upstream, then answer 504.",
     "read_timeout": "Abandon an upstream body that stalls this long.",

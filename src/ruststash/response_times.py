@@ -23,9 +23,12 @@ FACTOR = 4.0
 # loopback origin, that one wait was 0.8 s of a cargo run that takes 1.4 s unfaulted (docs/benchmarks.md).
 # 0.25 s was tried next: with 8 cargo clients at once on two cores, the proxy's own load pushed 17-69 of
 # 3984 revalidations of a working loopback origin past it (served STALE, the host then taken for slow);
-# at 0.5 s none in three such runs, and the hung run is within 1.05x of the unfaulted one. Four times the
-# origin's slowest recent answer decides above 125 ms.
-FLOOR = 0.5
+# at 0.5 s none in three such runs. Since then `loop_lag` gives a request more time when the proxy's own loop
+# ran late, and cargo's requests that need upstream skip mitmproxy's flows (h2_answers): at 0.25 s again, none
+# of 11,952 revalidations in three such runs went STALE, and the hung run's one wait (cargo's config.json) is
+# half what it was, now that the unfaulted warm run takes 1.0 s (docs/benchmarks.md). Four times the origin's
+# slowest recent answer decides above 62.5 ms.
+FLOOR = 0.25
 # Store meta keys: this prefix and the origin (scheme://host:port).
 META_PREFIX = "response-time:"
 # A remembered time above this is not believed (a clock jump, a hand-edited store).
