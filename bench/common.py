@@ -106,10 +106,10 @@ def stop_proxy(proxy: ProxyProcess, label: str) -> str | None:
     return f"{label}: ruststash {problem}"
 
 
-# The clients' homes go to a tmpfs when there is one with this much free: on this machine creating a file under
-# /tmp cost 0.4-0.6 ms of kernel time, and cargo creates thousands, so its own CPU
-# per warm fetch swung from 2.4 to 6.4 s run to run, drowning the proxies' differences (bench/README.md). The
-# proxies' caches stay in the work directory, on the disk.
+# The clients' homes go to a tmpfs when there is one with this much free: on this machine creating a file on the
+# disk cost up to about 1 ms of kernel time (see `file_creation_ms`), and cargo creates thousands, so its own
+# CPU per warm fetch swung from 2.4 to 6.4 s run to run, drowning the proxies' differences (bench/README.md).
+# The proxies' caches stay in the work directory, on the disk.
 CLIENT_TMPFS = Path("/dev/shm")
 CLIENT_TMPFS_MIN_FREE = 4 * 1024 * MIB
 

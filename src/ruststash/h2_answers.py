@@ -99,7 +99,7 @@ def install() -> None:
     handle_event = server._handle_event
     handle_h2_event = server.handle_h2_event
 
-    def counting_reads(self: _http2.Http2Server, event: events.Event) -> layer.CommandGenerator[None]:
+    def counting_reads_and_waking(self: _http2.Http2Server, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Wakeup) and isinstance(event.command, AnswerLater):
             return deliver(self, event.command)
         if isinstance(event, events.DataReceived):
@@ -117,7 +117,7 @@ def install() -> None:
                 return False
         return (yield from handle_h2_event(self, event))
 
-    server._handle_event = counting_reads  # type: ignore[method-assign]
+    server._handle_event = counting_reads_and_waking  # type: ignore[method-assign]
     server.handle_h2_event = answering  # type: ignore[method-assign]
     setattr(server, _INSTALLED, True)
 
